@@ -1,0 +1,228 @@
+package attest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// MaxPolicySize bounds a policy document.
+const MaxPolicySize = 256 << 10
+
+// maxPolicyEntries bounds each allow-list.
+const maxPolicyEntries = 4096
+
+// Wildcard, alone in a register list, waives that register explicitly.
+const Wildcard = "*"
+
+// Policy is a TeeAdmissionPolicy: the measurements, TCB statuses and mock
+// acceptance a quote must satisfy. One document type serves a namespace and
+// the KMS.
+//
+// Every register list must be present and non-empty: ["*"] waives a register
+// on purpose, an empty or missing list is an error rather than "anything".
+type Policy struct {
+	AllowedMrtd  []string `json:"allowedMrtd"`
+	AllowedRtmr0 []string `json:"allowedRtmr0"`
+	AllowedRtmr1 []string `json:"allowedRtmr1"`
+	AllowedRtmr2 []string `json:"allowedRtmr2"`
+	AllowedRtmr3 []string `json:"allowedRtmr3"`
+	// AllowedTcbStatuses empty means ["UpToDate"]. Revoked is always refused.
+	AllowedTcbStatuses []TcbStatus `json:"allowedTcbStatuses,omitempty"`
+	// AcceptMock lets mock quotes through the measurement checks. Their TCB
+	// status (Mock) is exempt from AllowedTcbStatuses, since they have none.
+	AcceptMock bool `json:"acceptMock"`
+	// AllowDebug admits debug TDs, whose memory the host can read.
+	AllowDebug bool `json:"allowDebug,omitempty"`
+}
+
+// ParsePolicy decodes and validates a policy document. Unknown fields are
+// refused so that a typo cannot silently drop a rule.
+func ParsePolicy(data []byte) (*Policy, error) {
+	if len(data) > MaxPolicySize {
+		return nil, fmt.Errorf("policy: %d bytes exceeds the %d-byte limit", len(data), MaxPolicySize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var p Policy
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("policy: trailing data after the JSON object")
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	p.normalize()
+	return &p, nil
+}
+
+// Marshal returns the policy as indented JSON.
+func (p *Policy) Marshal() ([]byte, error) {
+	return json.MarshalIndent(p, "", "  ")
+}
+
+type registerList struct {
+	name string // "mrtd", "rtmr0", ...
+	key  string // "allowedMrtd", ...
+	vals []string
+}
+
+func (p *Policy) registers() []registerList {
+	return []registerList{
+		{"mrtd", "allowedMrtd", p.AllowedMrtd},
+		{"rtmr0", "allowedRtmr0", p.AllowedRtmr0},
+		{"rtmr1", "allowedRtmr1", p.AllowedRtmr1},
+		{"rtmr2", "allowedRtmr2", p.AllowedRtmr2},
+		{"rtmr3", "allowedRtmr3", p.AllowedRtmr3},
+	}
+}
+
+// Validate reports every problem with the policy at once.
+func (p *Policy) Validate() error {
+	var errs []error
+	for _, r := range p.registers() {
+		if len(r.vals) == 0 {
+			errs = append(errs, fmt.Errorf("policy: %s is empty; list allowed values or [\"*\"] to waive %s explicitly", r.key, r.name))
+			continue
+		}
+		if len(r.vals) > maxPolicyEntries {
+			errs = append(errs, fmt.Errorf("policy: %s has %d entries, over the limit of %d", r.key, len(r.vals), maxPolicyEntries))
+			continue
+		}
+		if slices.Contains(r.vals, Wildcard) {
+			if len(r.vals) != 1 {
+				errs = append(errs, fmt.Errorf("policy: %s mixes \"*\" with values; \"*\" must stand alone", r.key))
+			}
+			continue
+		}
+		for i, v := range r.vals {
+			var m [MeasurementSize]byte
+			if err := parseHexInto(m[:], v, r.key+"["+fmt.Sprint(i)+"]"); err != nil {
+				errs = append(errs, fmt.Errorf("policy: %w", err))
+			}
+		}
+	}
+	for _, s := range p.AllowedTcbStatuses {
+		switch {
+		case s == TcbRevoked:
+			errs = append(errs, errors.New("policy: allowedTcbStatuses lists Revoked, which is always refused"))
+		case !knownStatus(s):
+			errs = append(errs, fmt.Errorf("policy: allowedTcbStatuses: unknown status %q (known: %v)", s, IntelStatuses))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Policy) normalize() {
+	for _, l := range []*[]string{&p.AllowedMrtd, &p.AllowedRtmr0, &p.AllowedRtmr1, &p.AllowedRtmr2, &p.AllowedRtmr3} {
+		for i, v := range *l {
+			if v != Wildcard {
+				(*l)[i] = normalizeHex(v)
+			}
+		}
+	}
+}
+
+// TcbStatuses returns the statuses the policy accepts (UpToDate when empty).
+func (p *Policy) TcbStatuses() []TcbStatus {
+	if len(p.AllowedTcbStatuses) == 0 {
+		return []TcbStatus{TcbUpToDate}
+	}
+	return p.AllowedTcbStatuses
+}
+
+// Reason codes for policy violations; stable, used in metrics and APIs.
+const (
+	ReasonMockNotAccepted  = "mock_not_accepted"
+	ReasonDebugNotAllowed  = "debug_not_allowed"
+	ReasonMrtdNotAllowed   = "mrtd_not_allowed"
+	ReasonTcbNotAllowed    = "tcb_status_not_allowed"
+	ReasonPolicyInvalid    = "policy_invalid"
+	reasonRtmrNotAllowedFm = "rtmr%d_not_allowed"
+)
+
+// Violation is one failed policy rule.
+type Violation struct {
+	// Reason is a stable code: mrtd_not_allowed, rtmr2_not_allowed, ...
+	Reason string
+	// Message names the value and the rule: "rtmr2 5e1f… not in allowedRtmr2".
+	Message string
+}
+
+func (v *Violation) Error() string { return v.Message }
+
+// Evaluate judges a verdict. It returns nil when every rule passes, or an
+// errors.Join of *Violation, one per failed rule, so an operator sees all of
+// them at once. Use Violations to list them.
+func (p *Policy) Evaluate(v *Verdict) error {
+	if err := p.Validate(); err != nil {
+		return &Violation{Reason: ReasonPolicyInvalid, Message: err.Error()}
+	}
+	var errs []error
+	q := v.Quote
+	if v.Mock && !p.AcceptMock {
+		errs = append(errs, &Violation{ReasonMockNotAccepted, "quote is a mock quote (no TDX hardware) and acceptMock is false"})
+	}
+	if q.Debug() && !p.AllowDebug {
+		errs = append(errs, &Violation{ReasonDebugNotAllowed, "td is a debug TD (TD_ATTRIBUTES.DEBUG set) and allowDebug is false"})
+	}
+	check := func(reason, name, key string, allowed []string, got [MeasurementSize]byte) {
+		if len(allowed) == 1 && allowed[0] == Wildcard {
+			return
+		}
+		h := fmt.Sprintf("%x", got[:])
+		for _, a := range allowed {
+			if normalizeHex(a) == h {
+				return
+			}
+		}
+		errs = append(errs, &Violation{reason, fmt.Sprintf("%s %s not in %s", name, short(h), key)})
+	}
+	check(ReasonMrtdNotAllowed, "mrtd", "allowedMrtd", p.AllowedMrtd, q.MRTD)
+	for i, l := range [][]string{p.AllowedRtmr0, p.AllowedRtmr1, p.AllowedRtmr2, p.AllowedRtmr3} {
+		check(fmt.Sprintf(reasonRtmrNotAllowedFm, i), fmt.Sprintf("rtmr%d", i), fmt.Sprintf("allowedRtmr%d", i), l, q.RTMR[i])
+	}
+	if !v.Mock {
+		switch {
+		case v.TcbStatus == TcbRevoked:
+			errs = append(errs, &Violation{ReasonTcbNotAllowed, "tcb status Revoked is always refused"})
+		case !slices.Contains(p.TcbStatuses(), v.TcbStatus):
+			msg := fmt.Sprintf("tcb status %s not in allowedTcbStatuses %v", v.TcbStatus, p.TcbStatuses())
+			if v.TcbStatus == TcbUnverified {
+				msg += " (no collateral was given, so the TCB could not be judged)"
+			}
+			errs = append(errs, &Violation{ReasonTcbNotAllowed, msg})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Violations lists the *Violation values inside an error from Evaluate.
+func Violations(err error) []*Violation {
+	if err == nil {
+		return nil
+	}
+	var out []*Violation
+	var walk func(error)
+	walk = func(e error) {
+		if v, ok := e.(*Violation); ok {
+			out = append(out, v)
+			return
+		}
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, x := range j.Unwrap() {
+				walk(x)
+			}
+			return
+		}
+		if u := errors.Unwrap(e); u != nil {
+			walk(u)
+		}
+	}
+	walk(err)
+	return out
+}

@@ -1,0 +1,228 @@
+package attest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tdx-guest/abi"
+	pb "github.com/google/go-tdx-guest/proto/tdx"
+)
+
+// MaxQuoteSize bounds every quote fleetbox decodes. Real quotes are about
+// 5 KB (8 KB with padding); the PCK chain dominates.
+const MaxQuoteSize = 64 << 10
+
+// Quote is a decoded TDX quote (real V4/V5, or a mock quote).
+type Quote struct {
+	// Version is the quote format version: 4 or 5 for real quotes,
+	// MockVersion for mock quotes.
+	Version int
+	// Mock is true for fleetbox mock quotes, which no hardware signed.
+	Mock bool
+
+	MRTD         MRTD
+	RTMR         [4]RTMR
+	ReportData   ReportData
+	MRConfigID   MRConfigID
+	TDAttributes TDAttributes
+	TeeTcbSvn    TeeTcbSvn
+	// Hash is SHA-256 over the signed header and TD report body (for mock
+	// quotes: over the whole mock quote). Trailing padding and the signature
+	// encoding do not change it, so one quote cannot pose as two.
+	Hash QuoteHash
+
+	// raw holds the bytes the quote was parsed from, without trailing padding.
+	raw []byte
+	// proto is go-tdx-guest's *pb.QuoteV4 or *pb.QuoteV5 (nil for mock).
+	proto any
+	// signed is header || body, the message the attestation key signs.
+	signed []byte
+}
+
+// Debug reports whether the TD is a debug TD.
+func (q *Quote) Debug() bool { return q.TDAttributes.Debug() }
+
+// Raw returns the quote bytes (a copy).
+func (q *Quote) Raw() []byte { return bytes.Clone(q.raw) }
+
+// ParseQuote decodes a raw quote: a fleetbox mock quote, or a V4 or V5 TDX
+// quote. It checks structure only; Verifier.Verify checks signatures.
+func ParseQuote(raw []byte) (*Quote, error) {
+	if len(raw) == 0 {
+		return nil, errors.New("parsing quote: empty input")
+	}
+	if len(raw) > MaxQuoteSize {
+		return nil, fmt.Errorf("parsing quote: %d bytes exceeds the %d-byte limit", len(raw), MaxQuoteSize)
+	}
+	if IsMockQuote(raw) {
+		return parseMockQuote(raw)
+	}
+	p, err := abi.QuoteToProto(raw)
+	if err != nil {
+		return nil, fmt.Errorf("parsing quote: %w", err)
+	}
+	if err := abi.CheckQuote(p); err != nil {
+		return nil, fmt.Errorf("parsing quote: %w", err)
+	}
+	q := &Quote{proto: p}
+	var body interface {
+		GetMrTd() []byte
+		GetRtmrs() [][]byte
+		GetReportData() []byte
+		GetMrConfigId() []byte
+		GetTdAttributes() []byte
+		GetTeeTcbSvn() []byte
+	}
+	var signedLen int
+	switch v := p.(type) {
+	case *pb.QuoteV4:
+		q.Version = 4
+		if v.GetHeader().GetTeeType() != abi.TeeTDX {
+			return nil, fmt.Errorf("parsing quote: TEE type %#x is not TDX", v.GetHeader().GetTeeType())
+		}
+		body = v.GetTdQuoteBody()
+		signedLen = headerSize + tdQuoteBodySizeV4
+	case *pb.QuoteV5:
+		q.Version = 5
+		if v.GetHeader().GetTeeType() != abi.TeeTDX {
+			return nil, fmt.Errorf("parsing quote: TEE type %#x is not TDX", v.GetHeader().GetTeeType())
+		}
+		d := v.GetTdQuoteBodyDescriptor()
+		switch d.GetTdQuoteBodyType() {
+		case 2:
+			body = d.GetTdQuoteBodyV5() // TDX 1.0 body carried in a V5 quote
+		case 3:
+			body = d.GetTdQuoteBodyV5()
+		default:
+			return nil, fmt.Errorf("parsing quote: V5 body type %d is not a TD report", d.GetTdQuoteBodyType())
+		}
+		signedLen = headerSize + 6 + int(d.GetTdQuoteBodySize())
+	default:
+		return nil, fmt.Errorf("parsing quote: unsupported quote type %T", p)
+	}
+	if body == nil {
+		return nil, errors.New("parsing quote: missing TD quote body")
+	}
+	if signedLen > len(raw) {
+		return nil, errors.New("parsing quote: truncated body")
+	}
+	if err := copyExact(q.MRTD[:], body.GetMrTd(), "MRTD"); err != nil {
+		return nil, err
+	}
+	rtmrs := body.GetRtmrs()
+	if len(rtmrs) != 4 {
+		return nil, fmt.Errorf("parsing quote: %d RTMRs, want 4", len(rtmrs))
+	}
+	for i := range rtmrs {
+		if err := copyExact(q.RTMR[i][:], rtmrs[i], fmt.Sprintf("RTMR%d", i)); err != nil {
+			return nil, err
+		}
+	}
+	if err := copyExact(q.ReportData[:], body.GetReportData(), "REPORTDATA"); err != nil {
+		return nil, err
+	}
+	if err := copyExact(q.MRConfigID[:], body.GetMrConfigId(), "MRCONFIGID"); err != nil {
+		return nil, err
+	}
+	if err := copyExact(q.TDAttributes[:], body.GetTdAttributes(), "TDATTRIBUTES"); err != nil {
+		return nil, err
+	}
+	if err := copyExact(q.TeeTcbSvn[:], body.GetTeeTcbSvn(), "TEE_TCB_SVN"); err != nil {
+		return nil, err
+	}
+	// The signed data ends where its declared length says; anything after is
+	// padding that go-tdx-guest tolerates and fleetbox ignores.
+	sigLen := int(binary.LittleEndian.Uint32(raw[signedLen : signedLen+4]))
+	end := signedLen + 4 + sigLen
+	if end > len(raw) {
+		return nil, errors.New("parsing quote: truncated signature data")
+	}
+	q.raw = bytes.Clone(raw[:end])
+	q.signed = q.raw[:signedLen]
+	q.Hash = sha256.Sum256(q.signed)
+	return q, nil
+}
+
+// Layout constants (Intel TDX DCAP Quoting Library API, A.3).
+const (
+	headerSize        = 0x30
+	tdQuoteBodySizeV4 = 0x248
+)
+
+func copyExact(dst, src []byte, what string) error {
+	if len(src) != len(dst) {
+		return fmt.Errorf("parsing quote: %s is %d bytes, want %d", what, len(src), len(dst))
+	}
+	copy(dst, src)
+	return nil
+}
+
+// DecodeQuoteFile turns the forms quotes are published in into raw bytes:
+// raw binary, hex text, a JSON array of byte values, or a JSON object whose
+// "quote" field is hex.
+func DecodeQuoteFile(data []byte) ([]byte, error) {
+	if len(data) > 4*MaxQuoteSize {
+		return nil, fmt.Errorf("quote file is %d bytes, over the %d-byte limit", len(data), 4*MaxQuoteSize)
+	}
+	trimmed := bytes.TrimSpace(data)
+	switch {
+	case len(trimmed) == 0:
+		return nil, errors.New("quote file is empty")
+	case IsMockQuote(data):
+		return data, nil
+	case trimmed[0] == '[':
+		var vals []int
+		if err := json.Unmarshal(trimmed, &vals); err != nil {
+			return nil, fmt.Errorf("quote file: JSON byte array: %w", err)
+		}
+		out := make([]byte, len(vals))
+		for i, v := range vals {
+			if v < 0 || v > 255 {
+				return nil, fmt.Errorf("quote file: JSON byte array: element %d is %d, not a byte", i, v)
+			}
+			out[i] = byte(v)
+		}
+		return out, nil
+	case trimmed[0] == '{':
+		var obj struct {
+			Quote *string `json:"quote"`
+		}
+		if err := json.Unmarshal(trimmed, &obj); err != nil {
+			return nil, fmt.Errorf("quote file: JSON object: %w", err)
+		}
+		if obj.Quote == nil {
+			return nil, errors.New(`quote file: JSON object has no "quote" field`)
+		}
+		out, err := hex.DecodeString(normalizeHex(*obj.Quote))
+		if err != nil {
+			return nil, fmt.Errorf(`quote file: "quote" field: %w`, err)
+		}
+		return out, nil
+	case isHexText(trimmed):
+		out, err := hex.DecodeString(normalizeHex(string(trimmed)))
+		if err != nil {
+			return nil, fmt.Errorf("quote file: hex text: %w", err)
+		}
+		return out, nil
+	default:
+		return data, nil
+	}
+}
+
+func isHexText(b []byte) bool {
+	b = bytes.TrimPrefix(bytes.TrimPrefix(b, []byte("0x")), []byte("0X"))
+	if len(b) < 2*headerSize {
+		return false
+	}
+	for _, c := range b {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
