@@ -68,14 +68,20 @@ func (f FMSPC) MarshalText() ([]byte, error)        { return hexText(f[:]), nil 
 func (s TeeTcbSvn) MarshalText() ([]byte, error)    { return hexText(s[:]), nil }
 func (a TDAttributes) MarshalText() ([]byte, error) { return hexText(a[:]), nil }
 
-func (m *MRTD) UnmarshalText(b []byte) error         { return parseHexInto(m[:], string(b), "mrtd") }
-func (r *RTMR) UnmarshalText(b []byte) error         { return parseHexInto(r[:], string(b), "rtmr") }
-func (m *MRConfigID) UnmarshalText(b []byte) error   { return parseHexInto(m[:], string(b), "mrConfigId") }
-func (r *ReportData) UnmarshalText(b []byte) error   { return parseHexInto(r[:], string(b), "reportData") }
-func (h *QuoteHash) UnmarshalText(b []byte) error    { return parseHexInto(h[:], string(b), "quoteHash") }
-func (f *FMSPC) UnmarshalText(b []byte) error        { return parseHexInto(f[:], string(b), "fmspc") }
-func (s *TeeTcbSvn) UnmarshalText(b []byte) error    { return parseHexInto(s[:], string(b), "teeTcbSvn") }
-func (a *TDAttributes) UnmarshalText(b []byte) error { return parseHexInto(a[:], string(b), "tdAttributes") }
+func (m *MRTD) UnmarshalText(b []byte) error { return parseHexInto(m[:], string(b), "mrtd") }
+func (r *RTMR) UnmarshalText(b []byte) error { return parseHexInto(r[:], string(b), "rtmr") }
+func (m *MRConfigID) UnmarshalText(b []byte) error {
+	return parseHexInto(m[:], string(b), "mrConfigId")
+}
+func (r *ReportData) UnmarshalText(b []byte) error {
+	return parseHexInto(r[:], string(b), "reportData")
+}
+func (h *QuoteHash) UnmarshalText(b []byte) error { return parseHexInto(h[:], string(b), "quoteHash") }
+func (f *FMSPC) UnmarshalText(b []byte) error     { return parseHexInto(f[:], string(b), "fmspc") }
+func (s *TeeTcbSvn) UnmarshalText(b []byte) error { return parseHexInto(s[:], string(b), "teeTcbSvn") }
+func (a *TDAttributes) UnmarshalText(b []byte) error {
+	return parseHexInto(a[:], string(b), "tdAttributes")
+}
 
 // ParseMRTD parses lowercase or uppercase hex, with or without 0x.
 func ParseMRTD(s string) (MRTD, error) {
