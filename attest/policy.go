@@ -226,3 +226,15 @@ func Violations(err error) []*Violation {
 	walk(err)
 	return out
 }
+
+// DefaultPolicy is what applies when no policy is given: any measurements,
+// but a genuine quote from an UpToDate platform, not a debug TD, not mock.
+func DefaultPolicy() *Policy {
+	return &Policy{
+		AllowedMrtd:  []string{Wildcard},
+		AllowedRtmr0: []string{Wildcard},
+		AllowedRtmr1: []string{Wildcard},
+		AllowedRtmr2: []string{Wildcard},
+		AllowedRtmr3: []string{Wildcard},
+	}
+}

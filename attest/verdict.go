@@ -56,8 +56,14 @@ type Verdict struct {
 	TcbStatus TcbStatus
 	// AdvisoryIDs are the Intel security advisories of the matched level.
 	AdvisoryIDs []string
+	// TcbDetail explains a NoMatchingTcbLevel status.
+	TcbDetail string
 	// TcbDate is the matched level's tcbDate.
 	TcbDate string
+	// TdxModuleTcbStatus is the status of the TDX module identity level, for
+	// TDX 1.5 platforms (TEE_TCB_SVN[1] > 0); empty otherwise. It is already
+	// folded into TcbStatus.
+	TdxModuleTcbStatus TcbStatus
 	// QeTcbStatus is the status of the quoting enclave's identity level.
 	QeTcbStatus TcbStatus
 	// CollateralChecked is true when TCB Info and QE Identity were verified.
