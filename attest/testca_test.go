@@ -69,13 +69,13 @@ func TestTestCAQEAndModuleStatus(t *testing.T) {
 		status attest.TcbStatus
 		module attest.TcbStatus
 	}{
-		"qe up to date":            {qesvn: 8, svn: attest.TeeTcbSvn{3}, status: attest.TcbUpToDate},
-		"qe out of date":           {qesvn: 4, svn: attest.TeeTcbSvn{3}, status: attest.TcbOutOfDate},
-		"tdx 1.5 module current":   {qesvn: 8, svn: attest.TeeTcbSvn{2, 1}, status: attest.TcbUpToDate, module: attest.TcbUpToDate},
-		"tdx 1.5 module outdated":  {qesvn: 8, svn: attest.TeeTcbSvn{1, 1}, status: attest.TcbOutOfDate, module: attest.TcbOutOfDate},
-		"tdx 1.5 unknown module":   {qesvn: 8, svn: attest.TeeTcbSvn{2, 7}, status: attest.TcbNoMatchingLevel},
-		"tdx 1.0 ignores modules":  {qesvn: 8, svn: attest.TeeTcbSvn{1, 0}, status: attest.TcbUpToDate},
-		"qe at the oldest level": {qesvn: 0, svn: attest.TeeTcbSvn{3}, status: attest.TcbOutOfDate},
+		"qe up to date":           {qesvn: 8, svn: attest.TeeTcbSvn{3}, status: attest.TcbUpToDate},
+		"qe out of date":          {qesvn: 4, svn: attest.TeeTcbSvn{3}, status: attest.TcbOutOfDate},
+		"tdx 1.5 module current":  {qesvn: 8, svn: attest.TeeTcbSvn{2, 1}, status: attest.TcbUpToDate, module: attest.TcbUpToDate},
+		"tdx 1.5 module outdated": {qesvn: 8, svn: attest.TeeTcbSvn{1, 1}, status: attest.TcbOutOfDate, module: attest.TcbOutOfDate},
+		"tdx 1.5 unknown module":  {qesvn: 8, svn: attest.TeeTcbSvn{2, 7}, status: attest.TcbNoMatchingLevel},
+		"tdx 1.0 ignores modules": {qesvn: 8, svn: attest.TeeTcbSvn{1, 0}, status: attest.TcbUpToDate},
+		"qe at the oldest level":  {qesvn: 0, svn: attest.TeeTcbSvn{3}, status: attest.TcbOutOfDate},
 	}
 	coll := ca.Collateral(t, attesttest.CollateralOptions{})
 	v := attest.NewVerifier(ca.VerifierConfig(attest.StaticCollateral{C: coll}, now))
