@@ -3,13 +3,16 @@ package attest
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 
 	"github.com/google/go-tdx-guest/abi"
+	"github.com/google/go-tdx-guest/pcs"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
 )
 
@@ -225,4 +228,32 @@ func isHexText(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// UnverifiedFMSPC reads the FMSPC from the quote's PCK certificate without
+// verifying anything, for display (fleetbox quote inspect). Verification
+// reads it from the checked chain instead.
+func (q *Quote) UnverifiedFMSPC() (FMSPC, error) {
+	var f FMSPC
+	if q.Mock {
+		return f, errors.New("mock quotes have no PCK certificate")
+	}
+	p, ok := q.proto.(signedDataProvider)
+	if !ok {
+		return f, errors.New("quote has no signed data")
+	}
+	chain := p.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetPckCertificateChainData().GetPckCertChain()
+	blk, _ := pem.Decode(chain)
+	if blk == nil {
+		return f, errors.New("quote has no PEM PCK certificate")
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return f, fmt.Errorf("PCK certificate: %w", err)
+	}
+	ext, err := pcs.PckCertificateExtensions(cert)
+	if err != nil {
+		return f, fmt.Errorf("PCK certificate: %w", err)
+	}
+	return f, parseHexInto(f[:], ext.FMSPC, "fmspc")
 }

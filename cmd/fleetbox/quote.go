@@ -1,8 +1,249 @@
 package main
 
-import "context"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
 
-// runQuote is being built; see the open issue for this verb group.
-func runQuote(_ context.Context, e *env, _ []string) int {
-	return usageErr(e, "quote: not built yet")
+	"github.com/fleetbox/fleetbox/attest"
+)
+
+func runQuote(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 {
+		return usageErr(e, "quote: want inspect or verify\n\n  fleetbox quote inspect FILE\n  fleetbox quote verify FILE [--collateral FILE | --collateral-cache DIR [--pccs-url URL]] [--policy FILE] [--at RFC3339] [--no-revocation]")
+	}
+	switch args[0] {
+	case "inspect":
+		return quoteInspect(e, args[1:])
+	case "verify":
+		return quoteVerify(ctx, e, args[1:])
+	}
+	return usageErr(e, "quote: unknown subcommand %q (want inspect or verify)", args[0])
+}
+
+// quoteValues are the decoded values both subcommands print.
+type quoteValues struct {
+	Version      int                 `json:"version"`
+	Mock         bool                `json:"mock"`
+	MRTD         attest.MRTD         `json:"mrtd"`
+	RTMR         [4]attest.RTMR      `json:"rtmr"`
+	ReportData   attest.ReportData   `json:"reportData"`
+	MRConfigID   attest.MRConfigID   `json:"mrConfigId"`
+	TDAttributes attest.TDAttributes `json:"tdAttributes"`
+	Debug        bool                `json:"debug"`
+	FMSPC        *attest.FMSPC       `json:"fmspc"`
+	TeeTcbSvn    attest.TeeTcbSvn    `json:"teeTcbSvn"`
+	QuoteHash    attest.QuoteHash    `json:"quoteHash"`
+}
+
+func valuesOf(q *attest.Quote) quoteValues {
+	v := quoteValues{
+		Version: q.Version, Mock: q.Mock, MRTD: q.MRTD, RTMR: q.RTMR, ReportData: q.ReportData,
+		MRConfigID: q.MRConfigID, TDAttributes: q.TDAttributes, Debug: q.Debug(), TeeTcbSvn: q.TeeTcbSvn, QuoteHash: q.Hash,
+	}
+	if f, err := q.UnverifiedFMSPC(); err == nil {
+		v.FMSPC = &f
+	}
+	return v
+}
+
+// readQuoteFile reads a quote in any published form (raw, hex, JSON).
+func readQuoteFile(path string) (*attest.Quote, error) {
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(io.LimitReader(os.Stdin, 4*attest.MaxQuoteSize+1))
+	} else {
+		data, err = readLimited(path, 4*attest.MaxQuoteSize)
+	}
+	if err != nil {
+		return nil, err
+	}
+	raw, err := attest.DecodeQuoteFile(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	q, err := attest.ParseQuote(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return q, nil
+}
+
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is over the %d-byte limit", path, limit)
+	}
+	return b, nil
+}
+
+func quoteInspect(e *env, args []string) int {
+	fs := flag.NewFlagSet("quote inspect", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() != 1 {
+		return usageErr(e, "quote inspect: want one FILE (or - for standard input)")
+	}
+	q, err := readQuoteFile(fs.Arg(0))
+	if err != nil {
+		return usageErr(e, "quote inspect: %v", err)
+	}
+	return printJSON(e, valuesOf(q), exitOK)
+}
+
+// verdictJSON is what `quote verify` prints.
+type verdictJSON struct {
+	Accepted bool `json:"accepted"`
+	quoteValues
+	TcbStatus          attest.TcbStatus `json:"tcbStatus"`
+	TcbDetail          string           `json:"tcbDetail,omitempty"`
+	TdxModuleTcbStatus attest.TcbStatus `json:"tdxModuleTcbStatus,omitempty"`
+	QeTcbStatus        attest.TcbStatus `json:"qeTcbStatus,omitempty"`
+	AdvisoryIDs        []string         `json:"advisoryIds"`
+	CollateralChecked  bool             `json:"collateralChecked"`
+	RevocationChecked  bool             `json:"revocationChecked"`
+	VerifiedAt         time.Time        `json:"verifiedAt"`
+	Reasons            []string         `json:"reasons"`
+	ReasonCodes        []string         `json:"reasonCodes"`
+}
+
+func quoteVerify(ctx context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("quote verify", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	var cf collateralFlags
+	cf.register(fs)
+	policyPath := fs.String("policy", "", "TeeAdmissionPolicy JSON `file` (default: any measurements, UpToDate, not debug, not mock)")
+	atText := fs.String("at", "", "verify at this `time` (RFC 3339) instead of now")
+	noRevocation := fs.Bool("no-revocation", false, "skip the PCK and root CRL checks")
+	file, rest := splitFirstArg(args)
+	if err := fs.Parse(rest); err != nil {
+		return exitUsage
+	}
+	if file == "" && fs.NArg() == 1 {
+		file = fs.Arg(0)
+	} else if file == "" || fs.NArg() != 0 {
+		return usageErr(e, "quote verify: want one FILE (or - for standard input)")
+	}
+	at := time.Now()
+	if *atText != "" {
+		t, err := time.Parse(time.RFC3339, *atText)
+		if err != nil {
+			return usageErr(e, "quote verify: --at: %v", err)
+		}
+		at = t
+	}
+	pol := attest.DefaultPolicy()
+	if *policyPath != "" {
+		b, err := readLimited(*policyPath, attest.MaxPolicySize)
+		if err != nil {
+			return usageErr(e, "quote verify: %v", err)
+		}
+		if pol, err = attest.ParsePolicy(b); err != nil {
+			return usageErr(e, "quote verify: %s: %v", *policyPath, err)
+		}
+	}
+	coll, err := cf.source(e)
+	if err != nil {
+		return usageErr(e, "quote verify: %v", err)
+	}
+	q, err := readQuoteFile(file)
+	if err != nil {
+		return usageErr(e, "quote verify: %v", err)
+	}
+	v := attest.NewVerifier(attest.VerifierConfig{Collateral: coll, SkipRevocation: *noRevocation, Logger: e.logger})
+	out := verdictJSON{quoteValues: valuesOf(q), AdvisoryIDs: []string{}, Reasons: []string{}, ReasonCodes: []string{}, VerifiedAt: at.UTC()}
+	verdict, err := v.VerifyQuoteAt(ctx, q, at)
+	if err != nil {
+		msg := err.Error()
+		if errors.Is(err, attest.ErrRevocationRequired) {
+			msg += " (pass --no-revocation to verify without CRLs)"
+		}
+		out.Reasons = append(out.Reasons, msg)
+		out.ReasonCodes = append(out.ReasonCodes, "attestation_invalid")
+		return printJSON(e, out, exitNo)
+	}
+	out.TcbStatus, out.TcbDetail = verdict.TcbStatus, verdict.TcbDetail
+	out.TdxModuleTcbStatus, out.QeTcbStatus = verdict.TdxModuleTcbStatus, verdict.QeTcbStatus
+	out.CollateralChecked, out.RevocationChecked = verdict.CollateralChecked, verdict.RevocationChecked
+	if verdict.AdvisoryIDs != nil {
+		out.AdvisoryIDs = verdict.AdvisoryIDs
+	}
+	for _, vi := range attest.Violations(pol.Evaluate(verdict)) {
+		out.Reasons = append(out.Reasons, vi.Message)
+		out.ReasonCodes = append(out.ReasonCodes, vi.Reason)
+	}
+	out.Accepted = len(out.Reasons) == 0
+	code := exitOK
+	if !out.Accepted {
+		code = exitNo
+	}
+	if verdict.Mock {
+		fmt.Fprintln(e.stderr, "fleetbox: MOCK quote: no TDX hardware signed it; nothing was verified")
+	}
+	return printJSON(e, out, code)
+}
+
+// splitFirstArg lets FILE come before the flags: `quote verify FILE --at T`.
+func splitFirstArg(args []string) (string, []string) {
+	if len(args) > 0 && (len(args[0]) == 0 || args[0][0] != '-' || args[0] == "-") {
+		return args[0], args[1:]
+	}
+	return "", args
+}
+
+// collateralFlags select a collateral source: one file, or a cache
+// directory refreshed from a PCS/PCCS.
+type collateralFlags struct {
+	file, cacheDir, pccsURL string
+}
+
+func (c *collateralFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.file, "collateral", "", "collateral `file` (dcap-qvl QuoteCollateralV3 JSON)")
+	fs.StringVar(&c.cacheDir, "collateral-cache", "", "collateral cache `dir`, refreshed from --pccs-url")
+	fs.StringVar(&c.pccsURL, "pccs-url", "", "PCS or PCCS base `url` that refreshes --collateral-cache (e.g. "+attest.IntelPCS+")")
+}
+
+// source returns the selected source, or nil for chain-only verification.
+func (c *collateralFlags) source(e *env) (attest.CollateralSource, error) {
+	switch {
+	case c.file != "" && c.cacheDir != "":
+		return nil, errors.New("--collateral and --collateral-cache are exclusive")
+	case c.file != "":
+		coll, err := attest.LoadCollateralFile(c.file)
+		if err != nil {
+			return nil, err
+		}
+		return attest.StaticCollateral{C: coll}, nil
+	case c.cacheDir != "":
+		return attest.NewCollateralCache(attest.CollateralCacheConfig{Dir: c.cacheDir, URL: c.pccsURL, Logger: e.logger}), nil
+	case c.pccsURL != "":
+		return nil, errors.New("--pccs-url needs --collateral-cache DIR")
+	}
+	return nil, nil
+}
+
+func printJSON(e *env, v any, code int) int {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		fmt.Fprintf(e.stderr, "fleetbox: writing output: %v\n", err)
+		return exitUsage
+	}
+	return code
 }
