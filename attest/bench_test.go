@@ -108,4 +108,3 @@ func BenchmarkVerify(b *testing.B) {
 		b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/quote")
 	})
 }
-
