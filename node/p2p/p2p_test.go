@@ -1,0 +1,298 @@
+package p2p
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// Process-wide workers started once by libp2p and quic-go dependencies.
+		goleak.IgnoreAnyFunction("github.com/ipfs/go-log/v2/writer.(*MirrorWriter).logRoutine"),
+		goleak.IgnoreTopFunction("github.com/libp2p/go-libp2p/p2p/transport/quicreuse.(*reuse).gc"),
+		goleak.IgnoreAnyFunction("go.opencensus.io/stats/view.(*worker).start"),
+	)
+}
+
+// testLogger logs to the test output when FLEETBOX_TEST_LOG is set.
+func testLogger(t testing.TB, id byte) *slog.Logger {
+	if os.Getenv("FLEETBOX_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", id)
+}
+
+func key(seed byte) ed25519.PrivateKey {
+	return ed25519.NewKeyFromSeed(sha256.New().Sum([]byte{seed})[:32])
+}
+
+type testNode struct {
+	net  *Network
+	eng  *fakeEngine
+	reg  *prometheus.Registry
+	stop func()
+}
+
+func startNode(t testing.TB, id byte, eng *fakeEngine) *testNode {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	n, err := New(Config{
+		Identity:          key(100 + id),
+		Engine:            eng,
+		HeartbeatInterval: 200 * time.Millisecond,
+		SyncTimeout:       20 * time.Second,
+		Registerer:        reg,
+		Logger:            testLogger(t, id),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	select {
+	case <-n.Ready():
+	case err := <-done:
+		cancel()
+		t.Fatalf("run: %v", err)
+	}
+	tn := &testNode{net: n, eng: eng, reg: reg}
+	tn.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run returned %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		if tn.stop != nil {
+			tn.stop()
+			tn.stop = nil
+		}
+	})
+	return tn
+}
+
+func connect(t testing.TB, a, b *testNode) {
+	t.Helper()
+	if err := a.net.Connect(context.Background(), b.net.Addrs()[0]); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var testNS = NamespaceID{1, 2, 3}
+
+func TestGossipSyncAndCatchUp(t *testing.T) {
+	admin := key(1)
+	pub := admin.Public().(ed25519.PublicKey)
+	nodes := make([]*testNode, 3)
+	for i := range nodes {
+		nodes[i] = startNode(t, byte(i), newFakeEngine(testNS, true, pub))
+	}
+	// History before anyone connects: only a sync can carry it.
+	for i := range 50 {
+		nodes[0].eng.author(admin, fmt.Sprint("early ", i))
+	}
+	connect(t, nodes[1], nodes[0])
+	connect(t, nodes[2], nodes[1])
+	for _, n := range nodes {
+		eventually(t, "initial sync", func() bool { return n.eng.count() == 50 })
+	}
+	// Live ops spread by gossip (or by heartbeat-triggered sync when lost).
+	w := nodes[2].eng.author(admin, "live")
+	if err := nodes[2].net.PublishOp(context.Background(), testNS, w); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		eventually(t, "live op", func() bool { return n.eng.count() == 51 })
+	}
+
+	// Cut node 2 off, write on node 0, reconnect: node 2 catches up.
+	cut := nodes[2]
+	for _, o := range nodes[:2] {
+		o.net.Block(cut.net.ID())
+		cut.net.Block(o.net.ID())
+	}
+	eventually(t, "disconnect", func() bool { return len(cut.net.Peers()) == 0 })
+	for i := range 20 {
+		w := nodes[0].eng.author(admin, fmt.Sprint("while cut ", i))
+		if err := nodes[0].net.PublishOp(context.Background(), testNS, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "node 1 sees ops", func() bool { return nodes[1].eng.count() == 71 })
+	if got := cut.eng.count(); got != 51 {
+		t.Fatalf("cut-off node has %d ops, want 51", got)
+	}
+	// A blocked peer cannot dial in.
+	if err := cut.net.Connect(context.Background(), nodes[0].net.Addrs()[0]); err == nil {
+		t.Fatal("blocked peer connected")
+	}
+	for _, o := range nodes[:2] {
+		o.net.Unblock(cut.net.ID())
+		cut.net.Unblock(o.net.ID())
+	}
+	connect(t, cut, nodes[1])
+	eventually(t, "catch-up", func() bool { return cut.eng.count() == 71 })
+	for _, n := range nodes {
+		if n.eng.headsString() != nodes[0].eng.headsString() {
+			t.Fatalf("heads differ: %s vs %s", n.eng.headsString(), nodes[0].eng.headsString())
+		}
+	}
+
+	// A late joiner that is connected before it joins syncs on join.
+	late := startNode(t, 9, newFakeEngine(testNS, false, pub))
+	connect(t, late, nodes[0])
+	late.eng.mu.Lock()
+	late.eng.joined = true
+	late.eng.mu.Unlock()
+	if err := late.net.Join(testNS); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "late joiner", func() bool { return late.eng.count() == 71 })
+}
+
+func TestHeartbeatTriggersSync(t *testing.T) {
+	admin := key(1)
+	pub := admin.Public().(ed25519.PublicKey)
+	a := startNode(t, 1, newFakeEngine(testNS, true, pub))
+	b := startNode(t, 2, newFakeEngine(testNS, true, pub))
+	connect(t, a, b)
+	eventually(t, "topic peers", func() bool { return len(a.net.TopicPeers(testNS)) == 1 && len(b.net.TopicPeers(testNS)) == 1 })
+	// Written without publishing: only b's heartbeat tells a about it.
+	for i := range 5 {
+		b.eng.author(admin, fmt.Sprint(i))
+	}
+	eventually(t, "heartbeat sync", func() bool { return a.eng.count() == 5 })
+}
+
+// attacker is a bare gossipsub peer with no validators, so it can publish
+// anything on a namespace topic.
+type attacker struct {
+	topic *pubsub.Topic
+	close func()
+}
+
+func newAttacker(t *testing.T, victim *testNode) *attacker {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.DisableRelay(), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithMaxMessageSize(4<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic, err := ps.Join(Topic(testNS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ai, _ := peer.AddrInfoFromString(victim.net.Addrs()[0])
+	if err := h.Connect(ctx, *ai); err != nil {
+		t.Fatal(err)
+	}
+	a := &attacker{topic: topic, close: func() { _ = topic.Close(); cancel(); _ = h.Close() }}
+	t.Cleanup(a.close)
+	eventually(t, "attacker in topic", func() bool { return len(topic.ListPeers()) == 1 })
+	return a
+}
+
+func TestGossipRefusals(t *testing.T) {
+	admin, outsider := key(1), key(2)
+	victim := startNode(t, 1, newFakeEngine(testNS, true, admin.Public().(ed25519.PublicKey)))
+	victim.eng.author(admin, "genesis")
+	heads := victim.eng.headsString()
+	att := newAttacker(t, victim)
+
+	good := fakeOp(testNS, victim.eng.sortedHeadsLocked(), admin, []byte("x"))
+	forged := append([]byte(nil), good...)
+	forged[len(forged)-1] ^= 1
+	oversize := fakeOp(testNS, nil, admin, make([]byte, MaxEnvelopeSize))
+	env := func(e *Envelope) []byte {
+		b, err := encMode.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	cases := map[string]struct {
+		data   []byte
+		metric string // kind label counted as rejected
+	}{
+		"malformed":     {[]byte{0xa1, 0x01}, "malformed"},
+		"not cbor":      {[]byte("hello"), "malformed"},
+		"oversize":      {env(NewOpEnvelope(testNS, oversize)), "malformed"},
+		"forged":        {env(NewOpEnvelope(testNS, forged)), "op"},
+		"non-member":    {env(NewOpEnvelope(testNS, fakeOp(testNS, victim.eng.sortedHeadsLocked(), outsider, []byte("y")))), "op"},
+		"wrong ns":      {env(NewOpEnvelope(NamespaceID{9}, good)), "op"},
+		"op with heads": {env(&Envelope{Kind: KindOp, Namespace: testNS[:], Op: good, Heads: [][]byte{make([]byte, 32)}}), "malformed"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			before := counterValue(victim.net.metrics.gossip.WithLabelValues(c.metric, "reject"))
+			if err := att.topic.Publish(context.Background(), c.data); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "rejection", func() bool {
+				return counterValue(victim.net.metrics.gossip.WithLabelValues(c.metric, "reject")) > before
+			})
+			if got := victim.eng.headsString(); got != heads {
+				t.Fatalf("state changed: %s -> %s", heads, got)
+			}
+		})
+	}
+	// A good op from the same peer still goes through.
+	if err := att.topic.Publish(context.Background(), env(NewOpEnvelope(testNS, good))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "good op applied", func() bool { return victim.eng.count() == 2 })
+}
+
+func (e *fakeEngine) sortedHeadsLocked() []OpID {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.sortedHeads()
+}
+
+func TestSyncRefusesUnknownNamespace(t *testing.T) {
+	a := startNode(t, 1, newFakeEngine(testNS, true))
+	b := startNode(t, 2, newFakeEngine(testNS, false))
+	connect(t, a, b)
+	_, err := a.net.SyncFrom(context.Background(), testNS, b.net.ID())
+	if !errors.Is(err, ErrSyncRefused) {
+		t.Fatalf("sync from a non-member: %v, want ErrSyncRefused", err)
+	}
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
+}
