@@ -1,0 +1,110 @@
+package fleet
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/fleetbox/fleetbox/attest"
+)
+
+// AnnouncerConfig configures an Announcer.
+type AnnouncerConfig struct {
+	Namespace [32]byte
+	// Identity is the candidate's namespace identity key; Agreement its
+	// X25519 public key for KeyDelivery.
+	Identity  ed25519.PrivateKey
+	Agreement [32]byte
+	// Source makes the quotes.
+	Source attest.Source
+	// Head returns a current head of the namespace DAG as this node sees it.
+	Head func() ([32]byte, error)
+	// Publish sends the announce's wire bytes on the namespace topic.
+	Publish func(ctx context.Context, wire []byte) error
+	// Admitted reports whether the replica is now a member with its group key.
+	Admitted func() bool
+	// Wake, if set, delivers a signal whenever the namespace state changes,
+	// so the announcer notices admission without waiting out its backoff.
+	Wake <-chan struct{}
+	// MinBackoff and MaxBackoff bound the wait between announces (default
+	// 500 ms doubling to 30 s).
+	MinBackoff, MaxBackoff time.Duration
+	Logger                 *slog.Logger
+}
+
+// Announcer publishes TeeAttestationAnnounces until the replica is admitted.
+type Announcer struct {
+	cfg AnnouncerConfig
+	log *slog.Logger
+}
+
+// NewAnnouncer returns an announcer. It starts nothing.
+func NewAnnouncer(cfg AnnouncerConfig) *Announcer {
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = 500 * time.Millisecond
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Announcer{cfg: cfg, log: log}
+}
+
+// Run announces, with a fresh nonce and quote each time, until Admitted
+// reports true (it returns nil) or ctx ends (it returns nil: cancellation is
+// not an error). Failures to get a quote or publish are logged and retried.
+func (a *Announcer) Run(ctx context.Context) error {
+	wait := a.cfg.MinBackoff
+	for attempt := 1; ; attempt++ {
+		if a.cfg.Admitted() {
+			a.log.Info("fleet replica admitted", "namespace", fmt.Sprintf("%x", a.cfg.Namespace[:8]), "announces", attempt-1)
+			return nil
+		}
+		if err := a.announceOnce(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.log.Warn("announce failed; will retry", "attempt", attempt, "err", err)
+		} else {
+			a.log.Info("TeeAttestationAnnounce published", "namespace", fmt.Sprintf("%x", a.cfg.Namespace[:8]), "attempt", attempt, "source", a.cfg.Source.Kind())
+		}
+		deadline := time.NewTimer(wait)
+	waiting:
+		for {
+			select {
+			case <-ctx.Done():
+				deadline.Stop()
+				return nil
+			case <-deadline.C:
+				break waiting
+			case <-a.cfg.Wake:
+				if a.cfg.Admitted() {
+					deadline.Stop()
+					break waiting
+				}
+			}
+		}
+		wait = min(2*wait, a.cfg.MaxBackoff)
+	}
+}
+
+func (a *Announcer) announceOnce(ctx context.Context) error {
+	head, err := a.cfg.Head()
+	if err != nil {
+		return fmt.Errorf("reading the namespace head: %w", err)
+	}
+	ann, err := NewAnnounce(ctx, a.cfg.Source, a.cfg.Namespace, a.cfg.Identity, a.cfg.Agreement, head)
+	if err != nil {
+		return err
+	}
+	wire, err := ann.Encode()
+	if err != nil {
+		return err
+	}
+	return a.cfg.Publish(ctx, wire)
+}

@@ -1,0 +1,83 @@
+package fleet
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fleetbox/fleetbox/attest"
+)
+
+func TestAnnouncerReannouncesUntilAdmitted(t *testing.T) {
+	_, id, _ := ed25519.GenerateKey(nil)
+	var (
+		mu    sync.Mutex
+		wires [][]byte
+	)
+	var admitted atomic.Bool
+	wake := make(chan struct{}, 1)
+	failFirst := true
+	a := NewAnnouncer(AnnouncerConfig{
+		Namespace: testNS, Identity: id, Agreement: [32]byte{1},
+		Source: &attest.MockSource{Quote: attest.MockQuote{MRTD: goodMRTD}},
+		Head:   func() ([32]byte, error) { return headNow, nil },
+		Publish: func(_ context.Context, w []byte) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if failFirst {
+				failFirst = false
+				return errors.New("no peers yet")
+			}
+			wires = append(wires, w)
+			if len(wires) == 3 {
+				admitted.Store(true)
+				wake <- struct{}{}
+			}
+			return nil
+		},
+		Admitted:   admitted.Load,
+		Wake:       wake,
+		MinBackoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !admitted.Load() || ctx.Err() != nil {
+		t.Fatal("announcer returned before admission")
+	}
+	seen := map[[32]byte]bool{}
+	for _, w := range wires {
+		ann, err := DecodeAnnounce(w)
+		if err != nil || !ann.VerifySignature() {
+			t.Fatalf("published announce: %v", err)
+		}
+		if seen[ann.Nonce()] {
+			t.Fatal("two announces share a nonce")
+		}
+		seen[ann.Nonce()] = true
+		q, _ := attest.ParseQuote(ann.Quote)
+		if attest.CheckBinding(q.ReportData, ann.Nonce(), ann.Member[:]) != nil {
+			t.Fatal("announce quote does not bind its nonce")
+		}
+	}
+}
+
+func TestAnnouncerStopsOnCancel(t *testing.T) {
+	_, id, _ := ed25519.GenerateKey(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	a := NewAnnouncer(AnnouncerConfig{
+		Namespace: testNS, Identity: id, Source: &attest.MockSource{},
+		Head:     func() ([32]byte, error) { return headNow, nil },
+		Publish:  func(context.Context, []byte) error { cancel(); return nil },
+		Admitted: func() bool { return false },
+	})
+	if err := a.Run(ctx); err != nil {
+		t.Fatalf("cancellation is not an error: %v", err)
+	}
+}
