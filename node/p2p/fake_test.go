@@ -56,6 +56,7 @@ type fakeParsed struct {
 	ns      NamespaceID
 	parents []OpID
 	signer  ed25519.PublicKey
+	wire    []byte
 }
 
 func parseFake(wire []byte) (*fakeParsed, error) {
@@ -113,6 +114,7 @@ func (e *fakeEngine) Apply(_ context.Context, ns NamespaceID, wires [][]byte) (A
 	if ns != e.ns || !e.joined {
 		return r, ErrUnknownNamespace
 	}
+	var fresh []*fakeParsed
 	for _, w := range wires {
 		p, err := parseFake(w)
 		if err == nil && !e.allowed[string(p.signer)] {
@@ -129,25 +131,40 @@ func (e *fakeEngine) Apply(_ context.Context, ns NamespaceID, wires [][]byte) (A
 			r.Duplicate++
 			continue
 		}
-		e.pending[p.id] = w
+		p.wire = w
+		fresh = append(fresh, p)
 	}
-	// Apply pending ops whose parents are all present, until none is left.
-	for progress := true; progress; {
+	ready := func(p *fakeParsed) bool {
+		return !slices.ContainsFunc(p.parents, func(q OpID) bool { _, ok := e.ops[q]; return !ok })
+	}
+	apply := func(p *fakeParsed) {
+		e.ops[p.id], e.parents[p.id] = p.wire, p.parents
+		e.order = append(e.order, p.id)
+		for _, q := range p.parents {
+			delete(e.heads, q)
+		}
+		e.heads[p.id] = true
+		delete(e.pending, p.id)
+		r.Applied++
+	}
+	// In arrival order first (a sync sends parents first), then whatever
+	// waits, until nothing more applies.
+	for _, p := range fresh {
+		if ready(p) {
+			apply(p)
+		} else {
+			e.pending[p.id] = p.wire
+		}
+	}
+	for progress := len(e.pending) > 0; progress; {
 		progress = false
-		for id, w := range e.pending {
+		for _, w := range e.pending {
 			p, _ := parseFake(w)
-			if slices.ContainsFunc(p.parents, func(q OpID) bool { _, ok := e.ops[q]; return !ok }) {
-				continue
+			if ready(p) {
+				p.wire = w
+				apply(p)
+				progress = true
 			}
-			e.ops[id], e.parents[id] = w, p.parents
-			e.order = append(e.order, id)
-			for _, q := range p.parents {
-				delete(e.heads, q)
-			}
-			e.heads[id] = true
-			delete(e.pending, id)
-			r.Applied++
-			progress = true
 		}
 	}
 	seen := map[OpID]bool{}
