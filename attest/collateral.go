@@ -255,3 +255,43 @@ func readFileLimited(path string, limit int64) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// ReadQuoteFile reads a quote file in any published form (see
+// DecodeQuoteFile) and parses it; "-" reads standard input.
+func ReadQuoteFile(path string) (*Quote, error) {
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(io.LimitReader(os.Stdin, 4*MaxQuoteSize+1))
+		if err == nil && len(data) > 4*MaxQuoteSize {
+			err = fmt.Errorf("standard input exceeds the %d-byte limit", 4*MaxQuoteSize)
+		}
+	} else {
+		data, err = readFileLimited(path, 4*MaxQuoteSize)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading quote: %w", err)
+	}
+	raw, err := DecodeQuoteFile(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	q, err := ParseQuote(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return q, nil
+}
+
+// LoadPolicyFile reads and validates a TeeAdmissionPolicy JSON file.
+func LoadPolicyFile(path string) (*Policy, error) {
+	data, err := readFileLimited(path, MaxPolicySize)
+	if err != nil {
+		return nil, fmt.Errorf("reading policy: %w", err)
+	}
+	p, err := ParsePolicy(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return p, nil
+}

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"os"
 	"time"
 
 	"github.com/fleetbox/fleetbox/attest"
@@ -52,45 +50,6 @@ func valuesOf(q *attest.Quote) quoteValues {
 	return v
 }
 
-// readQuoteFile reads a quote in any published form (raw, hex, JSON).
-func readQuoteFile(path string) (*attest.Quote, error) {
-	var data []byte
-	var err error
-	if path == "-" {
-		data, err = io.ReadAll(io.LimitReader(os.Stdin, 4*attest.MaxQuoteSize+1))
-	} else {
-		data, err = readLimited(path, 4*attest.MaxQuoteSize)
-	}
-	if err != nil {
-		return nil, err
-	}
-	raw, err := attest.DecodeQuoteFile(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	q, err := attest.ParseQuote(raw)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return q, nil
-}
-
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is over the %d-byte limit", path, limit)
-	}
-	return b, nil
-}
-
 func quoteInspect(e *env, args []string) int {
 	fs := flag.NewFlagSet("quote inspect", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
@@ -100,7 +59,7 @@ func quoteInspect(e *env, args []string) int {
 	if fs.NArg() != 1 {
 		return usageErr(e, "quote inspect: want one FILE (or - for standard input)")
 	}
-	q, err := readQuoteFile(fs.Arg(0))
+	q, err := attest.ReadQuoteFile(fs.Arg(0))
 	if err != nil {
 		return usageErr(e, "quote inspect: %v", err)
 	}
@@ -150,19 +109,16 @@ func quoteVerify(ctx context.Context, e *env, args []string) int {
 	}
 	pol := attest.DefaultPolicy()
 	if *policyPath != "" {
-		b, err := readLimited(*policyPath, attest.MaxPolicySize)
-		if err != nil {
+		var err error
+		if pol, err = attest.LoadPolicyFile(*policyPath); err != nil {
 			return usageErr(e, "quote verify: %v", err)
-		}
-		if pol, err = attest.ParsePolicy(b); err != nil {
-			return usageErr(e, "quote verify: %s: %v", *policyPath, err)
 		}
 	}
 	coll, err := cf.source(e)
 	if err != nil {
 		return usageErr(e, "quote verify: %v", err)
 	}
-	q, err := readQuoteFile(file)
+	q, err := attest.ReadQuoteFile(file)
 	if err != nil {
 		return usageErr(e, "quote verify: %v", err)
 	}
