@@ -205,3 +205,30 @@ func reportDataOffset(q *Quote) int {
 	}
 	return 48 + 520
 }
+
+// TestRealQuoteEverySignedByte flips each byte of the signed header and TD
+// report body of real quotes (V4 and V5) that pass full verification: every
+// flip must turn acceptance into refusal.
+func TestRealQuoteEverySignedByte(t *testing.T) {
+	for _, name := range []string{"Q1", "Q13"} {
+		tc := realQuotes[name]
+		t.Run(name, func(t *testing.T) {
+			raw := sharedFile(t, tc.file)
+			v := NewVerifier(VerifierConfig{Collateral: StaticCollateral{sharedCollateral(t, tc.collateral)}})
+			at := mustTime(t, tc.fullAt)
+			ctx := context.Background()
+			verdict, err := v.VerifyAt(ctx, raw, at)
+			if err != nil || DefaultPolicy().Evaluate(verdict) != nil {
+				t.Fatalf("unmodified quote not accepted: %v", err)
+			}
+			for i := range len(verdict.Quote.signed) {
+				b := slices.Clone(raw)
+				b[i] ^= 0x80
+				vd, err := v.VerifyAt(ctx, b, at)
+				if err == nil && DefaultPolicy().Evaluate(vd) == nil {
+					t.Fatalf("byte %d flipped: still accepted", i)
+				}
+			}
+		})
+	}
+}
