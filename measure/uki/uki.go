@@ -1,0 +1,379 @@
+// Package uki predicts the RTMR1 and RTMR2 values of a TD that boots
+// fleetbox's image: OVMF loads systemd-boot from the EFI system partition of
+// a GPT disk, systemd-boot loads a unified kernel image (UKI), and the UKI's
+// systemd-stub starts the Linux kernel.
+//
+// The firmware measures into the CC measurement registers as the TDX
+// mapping of UEFI 2.10 section 38.4.1 says (PCR 1,7 -> RTMR0; PCR 2-6 ->
+// RTMR1; PCR 8-15 -> RTMR2). RTMR0 (PCR 0/1/7: the TD HOB, ACPI tables,
+// Secure Boot and boot variables) depends on what the hypervisor builds and
+// is not predicted here: it must come from a reference boot.
+//
+// Every predicted event names its source. The event sequence of RTMR1 was
+// checked against the real OVMF CC event logs in the shared test data (the
+// GCE CCEL of go-tdx-guest for a GPT disk boot, and dstack's).
+package uki
+
+import (
+	"bytes"
+	"crypto/sha512"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"unicode/utf16"
+
+	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
+	"github.com/fleetbox/fleetbox/measure/pe"
+)
+
+// Constant EFI action strings (TCG PC Client PFP spec 1.05, section
+// 10.4.4 "EV_EFI_ACTION Event Types"); the digest is SHA-384 of the string
+// without a terminator.
+const (
+	ActionCallingEFIApp      = "Calling EFI Application from Boot Option"
+	ActionExitBootServices   = "Exit Boot Services Invocation"
+	ActionExitBootServicesOK = "Exit Boot Services Returned with Success"
+)
+
+// measuredSections are the sections systemd-stub measures into PCR 11, in
+// the order it measures them (systemd src/fundamental/uki.h,
+// unified_sections[]; .pcrsig is never measured), with the systemd version
+// that first measures each. Sections absent from the UKI are skipped.
+var measuredSections = []struct {
+	name  string
+	since int
+}{
+	{".linux", 0}, {".osrel", 0}, {".cmdline", 0}, {".initrd", 0}, {".ucode", 256},
+	{".splash", 0}, {".dtb", 0}, {".uname", 253}, {".sbat", 253}, {".pcrpkey", 0},
+	{".profile", 257}, {".dtbauto", 257}, {".hwids", 257}, {".efifw", 258},
+}
+
+// MeasuredSections lists the sections a systemd-stub of the given version
+// measures, in order; version 0 (unknown) means the newest.
+func MeasuredSections(version int) []string {
+	var out []string
+	for _, s := range measuredSections {
+		if version == 0 || s.since <= version {
+			out = append(out, s.name)
+		}
+	}
+	return out
+}
+
+// Linux EFI stub tagged-event IDs (linux include/linux/efi.h,
+// LINUX_EFI_INITRD_MEASUREMENT / LOAD_OPTIONS event IDs), as in the real
+// dstack logs (ec223b8f / ed223b8f little-endian).
+const (
+	tagInitrd      = 0x8F3B22EC
+	tagLoadOptions = 0x8F3B22ED
+)
+
+// UKI is a parsed unified kernel image.
+type UKI struct {
+	File *pe.File
+	// Authenticode is the UKI's own Authenticode SHA-384 (what the firmware
+	// measures when systemd-boot loads it).
+	Authenticode pe.Digest
+	// StubVersion is systemd-stub's version from its .sdmagic section, 0 if
+	// unknown.
+	StubVersion int
+	// KernelVersion is the embedded kernel's version string; KernelMajor
+	// and KernelMinor are parsed from it (0 if unknown).
+	KernelVersion            string
+	KernelMajor, KernelMinor int
+}
+
+// ErrNotUKI means the PE image has no .linux section.
+var ErrNotUKI = errors.New("uki: image has no .linux section")
+
+// Open parses a UKI.
+func Open(img []byte) (*UKI, error) {
+	f, err := pe.Parse(img)
+	if err != nil {
+		return nil, fmt.Errorf("parsing UKI: %w", err)
+	}
+	linux := f.Section(".linux")
+	if linux == nil {
+		return nil, ErrNotUKI
+	}
+	u := &UKI{File: f}
+	if u.Authenticode, err = f.AuthenticodeSHA384(); err != nil {
+		return nil, fmt.Errorf("hashing UKI: %w", err)
+	}
+	if s := f.Section(".sdmagic"); s != nil {
+		u.StubVersion = loaderVersion(f.Data(s), "systemd-stub")
+	}
+	if s := f.Section(".uname"); s != nil {
+		u.KernelVersion = string(bytes.TrimRight(f.Data(s), "\x00\n"))
+	} else {
+		u.KernelVersion = KernelVersion(f.Data(linux))
+	}
+	u.KernelMajor, u.KernelMinor = parseKernelVersion(u.KernelVersion)
+	return u, nil
+}
+
+// SectionData returns the contents of a section as systemd-stub sees it, or
+// nil if absent.
+func (u *UKI) SectionData(name string) []byte {
+	if s := u.File.Section(name); s != nil {
+		return u.File.Data(s)
+	}
+	return nil
+}
+
+var loaderInfo = regexp.MustCompile(`#### LoaderInfo: ([a-z-]+) (\d+)`)
+
+// loaderVersion reads "#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####".
+func loaderVersion(b []byte, who string) int {
+	m := loaderInfo.FindSubmatch(b)
+	if m == nil || string(m[1]) != who {
+		return 0
+	}
+	v, _ := strconv.Atoi(string(m[2]))
+	return v
+}
+
+// BootloaderVersion returns systemd-boot's version from its .sdmagic, 0 if
+// the image is not systemd-boot.
+func BootloaderVersion(f *pe.File) int {
+	if s := f.Section(".sdmagic"); s != nil {
+		return loaderVersion(f.Data(s), "systemd-boot")
+	}
+	return 0
+}
+
+// KernelVersion reads the version string of an x86 bzImage (Linux boot
+// protocol, Documentation/arch/x86/boot.rst: "HdrS" at 0x202, the
+// kernel_version pointer at 0x20e, relative to 0x200).
+func KernelVersion(k []byte) string {
+	if len(k) < 0x210 || string(k[0x202:0x206]) != "HdrS" {
+		return ""
+	}
+	off := int(binary.LittleEndian.Uint16(k[0x20e:])) + 0x200
+	if off >= len(k) {
+		return ""
+	}
+	end := bytes.IndexByte(k[off:min(len(k), off+256)], 0)
+	if end < 0 {
+		return ""
+	}
+	return string(k[off : off+end])
+}
+
+var kernelVer = regexp.MustCompile(`^(\d+)\.(\d+)`)
+
+func parseKernelVersion(s string) (int, int) {
+	m := kernelVer.FindStringSubmatch(s)
+	if m == nil {
+		return 0, 0
+	}
+	a, _ := strconv.Atoi(m[1])
+	b, _ := strconv.Atoi(m[2])
+	return a, b
+}
+
+// Input is what a boot prediction needs.
+type Input struct {
+	// UKI is the unified kernel image (required).
+	UKI []byte
+	// Bootloader is systemd-boot's EFI binary; nil means the firmware boots
+	// the UKI directly as its boot option.
+	Bootloader []byte
+	// GPTEvent is the UEFI_GPT_DATA of the boot disk (GPTEventData); the
+	// firmware measures it once, before the first image it loads from the
+	// disk. Nil means the boot disk is not GPT (or not given) and no event
+	// is predicted; Notes say so.
+	GPTEvent []byte
+	// Cmdline, if set, is the command line the boot loader passes to the UKI
+	// (a loader entry's "options"); nil means none, so the UKI's embedded
+	// .cmdline applies.
+	Cmdline *string
+	// StubMeasuresCC says whether systemd-stub measures into the TDX RTMRs
+	// (through EFI_CC_MEASUREMENT_PROTOCOL, systemd 255 and later). Nil:
+	// decided from the stub's version.
+	StubMeasuresCC *bool
+	// KernelMeasuresCC says whether the Linux EFI stub measures its load
+	// options and initrd into RTMR2 (EFI_CC_MEASUREMENT_PROTOCOL support in
+	// libstub, Linux 6.9 and later). Nil: decided from the kernel version.
+	KernelMeasuresCC *bool
+	// KernelImageMeasured says the firmware measures the kernel when
+	// systemd-stub loads it with LoadImage. systemd-stub installs a security
+	// override for that buffer, which bypasses the firmware's Security2
+	// handlers (including the measuring one), so the default is false.
+	KernelImageMeasured bool
+}
+
+// Prediction is the predicted RTMR1 and RTMR2 and the events behind them.
+type Prediction struct {
+	// Events are RTMR1 and RTMR2 events in the order they occur.
+	Events []eventlog.Event
+	RTMR1  attest.RTMR
+	RTMR2  attest.RTMR
+	// Notes are the assumptions the prediction rests on, in plain words.
+	Notes []string
+
+	BootloaderAuthenticode *pe.Digest // nil without a bootloader
+	UKIAuthenticode        pe.Digest
+	KernelAuthenticode     pe.Digest
+	StubVersion            int
+	BootloaderVersion      int
+	KernelVersion          string
+	// PCR11 is the value systemd-measure computes for the UKI's sections
+	// (sha384 bank, no phase), whether or not the stub measures into RTMR2.
+	PCR11 attest.RTMR
+}
+
+// Predict computes the events and registers for a boot of the inputs.
+func Predict(in *Input) (*Prediction, error) {
+	u, err := Open(in.UKI)
+	if err != nil {
+		return nil, err
+	}
+	kernel := u.SectionData(".linux")
+	kf, err := pe.Parse(kernel)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the UKI's .linux kernel: %w", err)
+	}
+	p := &Prediction{
+		UKIAuthenticode: u.Authenticode,
+		StubVersion:     u.StubVersion,
+		KernelVersion:   u.KernelVersion,
+		PCR11:           PCR11(u),
+	}
+	if p.KernelAuthenticode, err = kf.AuthenticodeSHA384(); err != nil {
+		return nil, fmt.Errorf("hashing the kernel: %w", err)
+	}
+	add := func(rtmr int, typ uint32, d eventlog.Digest, data []byte, source string) {
+		p.Events = append(p.Events, eventlog.Event{Seq: len(p.Events), RTMR: rtmr, Type: typ, Digest: d, Data: data, Source: source})
+	}
+	action := func(s, source string) {
+		add(1, eventlog.EvEFIAction, sha512.Sum384([]byte(s)), []byte(s), source)
+	}
+	image := func(d pe.Digest, size int, source string) {
+		// UEFI_IMAGE_LOAD_EVENT; only the length is known ahead of time, so
+		// the data here carries the length field alone.
+		data := make([]byte, 32)
+		binary.LittleEndian.PutUint64(data[8:], uint64(size))
+		add(1, eventlog.EvEFIBootServicesApplication, eventlog.Digest(d), data, source)
+	}
+
+	action(ActionCallingEFIApp, "edk2 TdTcg2Dxe OnReadyToBoot, PCR4; TCG PFP 10.4.4")
+	add(1, eventlog.EvSeparator, sha512.Sum384([]byte{0, 0, 0, 0}), []byte{0, 0, 0, 0},
+		"edk2 TdTcg2Dxe OnReadyToBoot separator for RTMR1 (PCR 2-6); TCG PFP 3.3.2.2")
+	if in.GPTEvent != nil {
+		add(1, eventlog.EvEFIGPTEvent, sha512.Sum384(in.GPTEvent), in.GPTEvent,
+			"edk2 DxeTpm2MeasureBootLib Tcg2MeasureGptTable, PCR5; TCG PFP 10.4.5 UEFI_GPT_DATA")
+	} else {
+		p.Notes = append(p.Notes, "no GPT event: booting from a GPT disk adds one to RTMR1 before the first image; pass the disk image to include it")
+	}
+	first := "edk2 DxeTpm2MeasureBootLib, PCR4 EV_EFI_BOOT_SERVICES_APPLICATION; TCG PFP 10.4.3"
+	if in.Bootloader != nil {
+		bf, err := pe.Parse(in.Bootloader)
+		if err != nil {
+			return nil, fmt.Errorf("parsing the bootloader: %w", err)
+		}
+		d, err := bf.AuthenticodeSHA384()
+		if err != nil {
+			return nil, fmt.Errorf("hashing the bootloader: %w", err)
+		}
+		p.BootloaderAuthenticode = &d
+		p.BootloaderVersion = BootloaderVersion(bf)
+		image(d, len(in.Bootloader), "systemd-boot, loaded from the ESP by the boot manager: "+first)
+		image(u.Authenticode, len(in.UKI), "UKI, loaded by systemd-boot with LoadImage: "+first)
+		p.Notes = append(p.Notes, "systemd-boot's loader.conf and entries are not measured: disable the editor (editor no) so the console cannot change the command line")
+	} else {
+		image(u.Authenticode, len(in.UKI), "UKI, loaded as the boot option: "+first)
+	}
+	if in.KernelImageMeasured {
+		image(p.KernelAuthenticode, len(kernel), "kernel from .linux, loaded by systemd-stub with LoadImage: "+first)
+	} else {
+		p.Notes = append(p.Notes, "the kernel systemd-stub loads is not measured by the firmware (the stub's security override bypasses the measuring handler); the UKI digest in RTMR1 covers it")
+	}
+
+	stubCC := u.StubVersion >= 255
+	if in.StubMeasuresCC != nil {
+		stubCC = *in.StubMeasuresCC
+	}
+	kernelCC := u.KernelMajor > 6 || (u.KernelMajor == 6 && u.KernelMinor >= 9)
+	if in.KernelMeasuresCC != nil {
+		kernelCC = *in.KernelMeasuresCC
+	}
+	cmdline := string(bytes.TrimRight(u.SectionData(".cmdline"), "\x00"))
+	if in.Cmdline != nil {
+		cmdline = *in.Cmdline
+	}
+	if stubCC {
+		for _, name := range MeasuredSections(u.StubVersion) {
+			data := u.SectionData(name)
+			if data == nil {
+				continue
+			}
+			nameZ := append([]byte(name), 0)
+			add(2, eventlog.EvIPL, sha512.Sum384(nameZ), nameZ, "systemd-stub, PCR11 section name "+name+"; systemd UKI specification")
+			add(2, eventlog.EvIPL, sha512.Sum384(data), []byte(name), "systemd-stub, PCR11 section content "+name+"; systemd UKI specification")
+		}
+		if in.Cmdline != nil {
+			opts := utf16z(cmdline)
+			add(2, eventlog.EvIPL, sha512.Sum384(opts), opts, "systemd-stub, PCR12 command line from the boot loader")
+		}
+	} else {
+		p.Notes = append(p.Notes, fmt.Sprintf("systemd-stub %d does not measure into RTMRs (needs 255+): UKI sections and command line add nothing to RTMR2", u.StubVersion))
+		if in.Cmdline != nil {
+			p.Notes = append(p.Notes, "WARNING: a command line passed by the boot loader replaces the UKI's .cmdline (without Secure Boot) and is measured nowhere")
+		}
+	}
+	if kernelCC {
+		opts := utf16z(cmdline)
+		add(2, eventlog.EvEventTag, sha512.Sum384(opts), taggedEvent(tagLoadOptions, "LOADED_IMAGE::LoadOptions\x00"),
+			"Linux EFI stub efi_measure_tagged_event LoadOptions, PCR9")
+		add(2, eventlog.EvEventTag, sha512.Sum384(u.SectionData(".initrd")), taggedEvent(tagInitrd, "Linux initrd\x00"),
+			"Linux EFI stub efi_measure_tagged_event initrd (LoadFile2 from systemd-stub), PCR9")
+	} else {
+		p.Notes = append(p.Notes, fmt.Sprintf("kernel %q does not measure into RTMRs (EFI CC measurement in libstub needs 6.9+): nothing from the kernel in RTMR2", u.KernelVersion))
+	}
+	action(ActionExitBootServices, "edk2 TdTcg2Dxe OnExitBootServices, PCR5; TCG PFP 10.4.4")
+	action(ActionExitBootServicesOK, "edk2 TdTcg2Dxe OnExitBootServices, PCR5; TCG PFP 10.4.4")
+
+	r := eventlog.Replay(p.Events)
+	p.RTMR1, p.RTMR2 = r[1], r[2]
+	return p, nil
+}
+
+// PCR11 is what the UKI's systemd-stub extends into PCR 11 for the UKI's
+// sections, starting from zero: for each measured section, SHA-384 of its
+// name with a NUL, then SHA-384 of its content (systemd-measure's
+// "calculate" without a phase, sha384 bank).
+func PCR11(u *UKI) attest.RTMR {
+	var r attest.RTMR
+	for _, name := range MeasuredSections(u.StubVersion) {
+		data := u.SectionData(name)
+		if data == nil {
+			continue
+		}
+		r = eventlog.Extend(r, sha512.Sum384(append([]byte(name), 0)))
+		r = eventlog.Extend(r, sha512.Sum384(data))
+	}
+	return r
+}
+
+// utf16z is a command line as EFI load options: UTF-16LE with a NUL.
+func utf16z(s string) []byte {
+	u := utf16.Encode([]rune(s))
+	b := make([]byte, 2*len(u)+2)
+	for i, c := range u {
+		binary.LittleEndian.PutUint16(b[2*i:], c)
+	}
+	return b
+}
+
+// taggedEvent is TCG_PCClientTaggedEvent: u32 id, u32 size, data.
+func taggedEvent(id uint32, desc string) []byte {
+	b := make([]byte, 8+len(desc))
+	binary.LittleEndian.PutUint32(b, id)
+	binary.LittleEndian.PutUint32(b[4:], uint32(len(desc)))
+	copy(b[8:], desc)
+	return b
+}
