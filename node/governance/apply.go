@@ -338,5 +338,5 @@ func (st *state) applyGroup(n *opNode) *RefusedError {
 	return invalid(id, "unknown group op")
 }
 
-func shortKey(p PublicKey) string  { return p.String()[:12] }
-func shortGroup(g GroupID) string  { return g.String()[:12] }
+func shortKey(p PublicKey) string { return p.String()[:12] }
+func shortGroup(g GroupID) string { return g.String()[:12] }

@@ -46,8 +46,8 @@ type NamespaceInfo struct {
 	ID NamespaceID `json:"id"`
 	// Identity is this node's namespace identity; its String form is what an
 	// admin passes to `member add`.
-	Identity    string      `json:"identity"`
-	IdentityKey PublicKey   `json:"identityKey"`
+	Identity    string    `json:"identity"`
+	IdentityKey PublicKey `json:"identityKey"`
 	// Role is this node's role in the root group, or 0 (omitted) if it is
 	// not a member there.
 	Role   Role        `json:"role,omitempty"`

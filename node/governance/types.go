@@ -42,10 +42,12 @@ func (g GroupID) MarshalText() ([]byte, error)     { return []byte(g.String()), 
 func (o OpID) MarshalText() ([]byte, error)        { return []byte(o.String()), nil }
 func (p PublicKey) MarshalText() ([]byte, error)   { return []byte(p.String()), nil }
 
-func (n *NamespaceID) UnmarshalText(b []byte) error { return parseHex32(n[:], string(b), "namespace id") }
-func (g *GroupID) UnmarshalText(b []byte) error     { return parseHex32(g[:], string(b), "group id") }
-func (o *OpID) UnmarshalText(b []byte) error        { return parseHex32(o[:], string(b), "op id") }
-func (p *PublicKey) UnmarshalText(b []byte) error   { return parseHex32(p[:], string(b), "public key") }
+func (n *NamespaceID) UnmarshalText(b []byte) error {
+	return parseHex32(n[:], string(b), "namespace id")
+}
+func (g *GroupID) UnmarshalText(b []byte) error   { return parseHex32(g[:], string(b), "group id") }
+func (o *OpID) UnmarshalText(b []byte) error      { return parseHex32(o[:], string(b), "op id") }
+func (p *PublicKey) UnmarshalText(b []byte) error { return parseHex32(p[:], string(b), "public key") }
 
 // ParseNamespaceID parses 64 hex digits.
 func ParseNamespaceID(s string) (NamespaceID, error) {

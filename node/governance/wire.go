@@ -39,14 +39,14 @@ var encMode = must(cbor.CoreDetEncOptions().EncMode())
 // decMode decodes untrusted bytes: no duplicate keys, indefinite lengths or
 // tags, tight bounds, unknown fields refused.
 var decMode = must(cbor.DecOptions{
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-		TagsMd:           cbor.TagsForbidden,
-		MaxNestedLevels:  maxNested,
-		MaxArrayElements: maxArrayLen,
-		MaxMapPairs:      maxMapPairs,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-	}.DecMode())
+	DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+	IndefLength:       cbor.IndefLengthForbidden,
+	TagsMd:            cbor.TagsForbidden,
+	MaxNestedLevels:   maxNested,
+	MaxArrayElements:  maxArrayLen,
+	MaxMapPairs:       maxMapPairs,
+	ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+}.DecMode())
 
 func must[T any](v T, err error) T {
 	if err != nil {
