@@ -1,8 +1,144 @@
 package main
 
-import "context"
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
 
-// runNode is being built; see the open issue for this verb group.
-func runNode(_ context.Context, e *env, _ []string) int {
-	return usageErr(e, "node: not built yet")
+	"github.com/fleetbox/fleetbox/node"
+)
+
+const nodeUsage = `usage: fleetbox node init --home DIR [--listen ADDR,...] [--admin-addr HOST:PORT]
+       fleetbox node run  --home DIR [--listen ADDR,...] [--bootstrap ADDR,...]
+                          [--admin-addr HOST:PORT] [--heartbeat 30s]
+                          [--store-key-file FILE | --insecure-dev-key]
+
+init creates the node identity (Ed25519, also its libp2p peer id), an admin
+token and a config file in DIR; run starts the daemon. The store key comes
+from --store-key-file, else the systemd credential store-key
+($CREDENTIALS_DIRECTORY/store-key), else, only with --insecure-dev-key, a key
+generated in DIR (development only).
+`
+
+// listFlag collects repeated or comma-separated values.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error {
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			*l = append(*l, v)
+		}
+	}
+	return nil
+}
+
+func runNode(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, nodeUsage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "init":
+		return nodeInit(e, args[1:])
+	case "run":
+		return nodeRun(ctx, e, args[1:])
+	case "-h", "--help", "help":
+		fmt.Fprint(e.stderr, nodeUsage)
+		return exitOK
+	}
+	fmt.Fprintf(e.stderr, "fleetbox: node: unknown command %q\n\n", args[0])
+	fmt.Fprint(e.stderr, nodeUsage)
+	return exitUsage
+}
+
+func nodeInit(e *env, args []string) int {
+	fs := flag.NewFlagSet("node init", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	home := fs.String("home", "", "node home directory (created 0700)")
+	var listen listFlag
+	fs.Var(&listen, "listen", "libp2p listen multiaddrs (default TCP and QUIC on port 4501)")
+	adminAddr := fs.String("admin-addr", node.DefaultAdminAddr, "admin API address (loopback only)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if *home == "" || fs.NArg() != 0 {
+		return usageErr(e, "node init: --home DIR is required and takes no arguments")
+	}
+	fc := node.DefaultFileConfig()
+	if len(listen) > 0 {
+		fc.ListenAddrs = listen
+	}
+	fc.AdminAddr = *adminAddr
+	res, err := node.Init(*home, fc)
+	if err != nil {
+		return usageErr(e, "node init: %v", err)
+	}
+	for _, c := range res.Created {
+		fmt.Fprintf(e.stdout, "created %s\n", c)
+	}
+	fmt.Fprintf(e.stdout, "peer id %s\n", res.PeerID)
+	return exitOK
+}
+
+func nodeRun(ctx context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("node run", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	home := fs.String("home", "", "node home directory (from node init)")
+	var listen, bootstrap listFlag
+	fs.Var(&listen, "listen", "libp2p listen multiaddrs (overrides the config file)")
+	fs.Var(&bootstrap, "bootstrap", "peers to dial, multiaddrs ending in /p2p/<peer id> (added to the config file's)")
+	adminAddr := fs.String("admin-addr", "", "admin API address, loopback only (overrides the config file)")
+	heartbeat := fs.Duration("heartbeat", 0, "heads heartbeat interval (overrides the config file; default 30s)")
+	keyFile := fs.String("store-key-file", "", "file with the 32-byte store key (raw or 64 hex digits)")
+	devKey := fs.Bool("insecure-dev-key", false, "without a key file or credential, generate a store key in the home directory (INSECURE, development only)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if *home == "" || fs.NArg() != 0 {
+		return usageErr(e, "node run: --home DIR is required and takes no arguments")
+	}
+	fc, err := node.LoadFileConfig(*home)
+	if err != nil {
+		return usageErr(e, "node run: %v (did you run `fleetbox node init --home %s`?)", err, *home)
+	}
+	if len(listen) > 0 {
+		fc.ListenAddrs = listen
+	}
+	fc.Bootstrap = append(fc.Bootstrap, bootstrap...)
+	if *adminAddr != "" {
+		fc.AdminAddr = *adminAddr
+	}
+	if *heartbeat > 0 {
+		fc.HeartbeatInterval = node.Duration(*heartbeat)
+	}
+	if *keyFile != "" {
+		fc.StoreKeyFile = *keyFile
+	}
+	n, err := node.New(node.Config{
+		Home:           *home,
+		FileConfig:     fc,
+		InsecureDevKey: *devKey,
+		Version:        version,
+		Logger:         e.logger,
+	})
+	if err != nil {
+		return usageErr(e, "node run: %v", err)
+	}
+	start := time.Now()
+	if err := n.Run(ctx); err != nil {
+		e.logger.Error("node stopped", "err", err)
+		return exitUsage
+	}
+	e.logger.Info("node stopped", "uptime", time.Since(start).Round(time.Second))
+	return exitOK
 }
