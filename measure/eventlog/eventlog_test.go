@@ -93,6 +93,9 @@ func TestRealLogsReplayToQuotes(t *testing.T) {
 			t.Fatalf("%s with %d events, want ccel with 43", l.Format, len(l.Events))
 		}
 		rep := Compare(l, quoteRTMRs(t, filepath.Join(dir, "cos-113-tdx-quote.dat")))
+		if len(rep.Issues) != 0 {
+			t.Errorf("self-hashing events disagree: %v", rep.Issues)
+		}
 		if !rep.OK() {
 			var b bytes.Buffer
 			rep.WriteText(&b)
@@ -399,4 +402,22 @@ func FuzzParseJSON(f *testing.F) {
 		var w bytes.Buffer
 		Compare(l, [Registers]attest.RTMR{}).WriteText(&w)
 	})
+}
+
+func TestMarshalJSONRoundTrip(t *testing.T) {
+	l, err := ParseJSON(readFile(t, tdxData+"/derived/near-mpc_eventlog.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := MarshalJSON(l.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := ParseJSON(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Replay() != l2.Replay() || len(l2.Events) != len(l.Events) {
+		t.Fatal("round trip changed the log")
+	}
 }

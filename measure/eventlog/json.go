@@ -102,3 +102,26 @@ func ParseJSON(b []byte) (*Log, error) {
 	}
 	return log, nil
 }
+
+// MarshalJSON writes events in dstack's JSON event-log form. Runtime events
+// get their name as "event" and their payload as "event_payload"; other
+// events get their data as "event_payload".
+func MarshalJSON(events []Event) ([]byte, error) {
+	type out struct {
+		IMR          int    `json:"imr"`
+		EventType    uint32 `json:"event_type"`
+		Digest       string `json:"digest"`
+		Event        string `json:"event"`
+		EventPayload string `json:"event_payload"`
+	}
+	evs := make([]out, len(events))
+	for i, e := range events {
+		o := out{IMR: e.RTMR, EventType: e.Type, Digest: e.Digest.String(), EventPayload: hex.EncodeToString(e.Data)}
+		if e.Type == EvRuntime {
+			o.Event = e.Name
+			o.EventPayload = hex.EncodeToString(e.Payload)
+		}
+		evs[i] = o
+	}
+	return json.MarshalIndent(evs, "", " ")
+}
