@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -471,23 +472,42 @@ func (e *Engine) Apply(ctx context.Context, ns NamespaceID, wires [][]byte) (App
 	if err != nil {
 		return res, err
 	}
-	// Stateless checks (signatures) outside the lock.
-	ops := make([]*decodedOp, 0, len(wires))
-	for i, w := range wires {
-		if i%256 == 0 {
-			if err := ctx.Err(); err != nil {
-				return res, err
-			}
-		}
-		op, err := decodeOp(w)
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	// Stateless checks (signatures dominate) outside the lock, in parallel
+	// for large batches.
+	decoded := make([]*decodedOp, len(wires))
+	errs := make([]error, len(wires))
+	check := func(i int) {
+		op, err := decodeOp(wires[i])
 		if err == nil && op.body.Namespace != ns {
 			err = refused(op.id, ReasonNamespace, fmt.Errorf("%w: op is for namespace %s", ErrMalformed, op.body.Namespace))
 		}
-		if err != nil {
-			e.refuse(&res, err)
+		decoded[i], errs[i] = op, err
+	}
+	if workers := min(runtime.GOMAXPROCS(0), len(wires)/32); workers > 1 {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := w; i < len(wires); i += workers {
+					check(i)
+				}
+			})
+		}
+		wg.Wait()
+	} else {
+		for i := range wires {
+			check(i)
+		}
+	}
+	ops := make([]*decodedOp, 0, len(wires))
+	for i := range wires {
+		if errs[i] != nil {
+			e.refuse(&res, errs[i])
 			continue
 		}
-		ops = append(ops, op)
+		ops = append(ops, decoded[i])
 	}
 	sp.mu.Lock()
 	defer sp.mu.Unlock()

@@ -31,9 +31,14 @@ func newNode(t testing.TB) *testNode {
 	return n
 }
 
-func (n *testNode) open(t testing.TB) {
+func (n *testNode) open(t testing.TB) { n.openWith(t, true) }
+
+// openSync opens with fdatasync on, as a real node runs.
+func (n *testNode) openSync(t testing.TB) { n.openWith(t, false) }
+
+func (n *testNode) openWith(t testing.TB, noSync bool) {
 	t.Helper()
-	st, err := store.Open(n.path, n.key, store.Options{Timeout: time.Second, NoSync: true})
+	st, err := store.Open(n.path, n.key, store.Options{Timeout: time.Second, NoSync: noSync})
 	if err != nil {
 		t.Fatal(err)
 	}
