@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 	"unicode/utf16"
 
 	"github.com/fleetbox/fleetbox/attest"
@@ -305,6 +306,9 @@ func Predict(in *Input) (*Prediction, error) {
 	if in.Cmdline != nil {
 		cmdline = *in.Cmdline
 	}
+	if !verityPinned(cmdline) {
+		p.Notes = append(p.Notes, "the command line pins no dm-verity root hash (roothash=/usrhash=): the root file system, with the fleetbox binary and its configuration, is not covered by any measurement")
+	}
 	if stubCC {
 		for _, name := range MeasuredSections(u.StubVersion) {
 			data := u.SectionData(name)
@@ -340,6 +344,18 @@ func Predict(in *Input) (*Prediction, error) {
 	r := eventlog.Replay(p.Events)
 	p.RTMR1, p.RTMR2 = r[1], r[2]
 	return p, nil
+}
+
+// verityPinned reports whether a kernel command line pins a dm-verity root
+// hash (systemd-veritysetup-generator's roothash= or usrhash=, as mkosi's
+// Verity= writes it), which extends the measurement to the root file system.
+func verityPinned(cmdline string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if strings.HasPrefix(f, "roothash=") || strings.HasPrefix(f, "usrhash=") {
+			return true
+		}
+	}
+	return false
 }
 
 // PCR11 is what the UKI's systemd-stub extends into PCR 11 for the UKI's
