@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf16"
@@ -218,10 +219,12 @@ type Prediction struct {
 
 	BootloaderAuthenticode *pe.Digest // nil without a bootloader
 	UKIAuthenticode        pe.Digest
-	KernelAuthenticode     pe.Digest
-	StubVersion            int
-	BootloaderVersion      int
-	KernelVersion          string
+	// KernelAuthenticode is the embedded kernel's Authenticode SHA-384;
+	// computed only when Input.KernelImageMeasured asks for its event.
+	KernelAuthenticode *pe.Digest
+	StubVersion        int
+	BootloaderVersion  int
+	KernelVersion      string
 	// PCR11 is the value systemd-measure computes for the UKI's sections
 	// (sha384 bank, no phase), whether or not the stub measures into RTMR2.
 	PCR11 attest.RTMR
@@ -242,11 +245,9 @@ func Predict(in *Input) (*Prediction, error) {
 		UKIAuthenticode: u.Authenticode,
 		StubVersion:     u.StubVersion,
 		KernelVersion:   u.KernelVersion,
-		PCR11:           PCR11(u),
 	}
-	if p.KernelAuthenticode, err = kf.AuthenticodeSHA384(); err != nil {
-		return nil, fmt.Errorf("hashing the kernel: %w", err)
-	}
+	secDigests := sectionDigests(u)
+	p.PCR11 = pcr11(secDigests)
 	add := func(rtmr int, typ uint32, d eventlog.Digest, data []byte, source string) {
 		p.Events = append(p.Events, eventlog.Event{Seq: len(p.Events), RTMR: rtmr, Type: typ, Digest: d, Data: data, Source: source})
 	}
@@ -289,7 +290,12 @@ func Predict(in *Input) (*Prediction, error) {
 		image(u.Authenticode, len(in.UKI), "UKI, loaded as the boot option: "+first)
 	}
 	if in.KernelImageMeasured {
-		image(p.KernelAuthenticode, len(kernel), "kernel from .linux, loaded by systemd-stub with LoadImage: "+first)
+		kd, err := kf.AuthenticodeSHA384()
+		if err != nil {
+			return nil, fmt.Errorf("hashing the kernel: %w", err)
+		}
+		p.KernelAuthenticode = &kd
+		image(kd, len(kernel), "kernel from .linux, loaded by systemd-stub with LoadImage: "+first)
 	} else {
 		p.Notes = append(p.Notes, "the kernel systemd-stub loads is not measured by the firmware (the stub's security override bypasses the measuring handler); the UKI digest in RTMR1 covers it")
 	}
@@ -310,14 +316,10 @@ func Predict(in *Input) (*Prediction, error) {
 		p.Notes = append(p.Notes, "the command line pins no dm-verity root hash (roothash=/usrhash=): the root file system, with the fleetbox binary and its configuration, is not covered by any measurement")
 	}
 	if stubCC {
-		for _, name := range MeasuredSections(u.StubVersion) {
-			data := u.SectionData(name)
-			if data == nil {
-				continue
-			}
-			nameZ := append([]byte(name), 0)
-			add(2, eventlog.EvIPL, sha512.Sum384(nameZ), nameZ, "systemd-stub, PCR11 section name "+name+"; systemd UKI specification")
-			add(2, eventlog.EvIPL, sha512.Sum384(data), []byte(name), "systemd-stub, PCR11 section content "+name+"; systemd UKI specification")
+		for _, sd := range secDigests {
+			nameZ := append([]byte(sd.name), 0)
+			add(2, eventlog.EvIPL, sd.name0, nameZ, "systemd-stub, PCR11 section name "+sd.name+"; systemd UKI specification")
+			add(2, eventlog.EvIPL, sd.data, []byte(sd.name), "systemd-stub, PCR11 section content "+sd.name+"; systemd UKI specification")
 		}
 		if in.Cmdline != nil {
 			opts := utf16z(cmdline)
@@ -333,8 +335,12 @@ func Predict(in *Input) (*Prediction, error) {
 		opts := utf16z(cmdline)
 		add(2, eventlog.EvEventTag, sha512.Sum384(opts), taggedEvent(tagLoadOptions, "LOADED_IMAGE::LoadOptions\x00"),
 			"Linux EFI stub efi_measure_tagged_event LoadOptions, PCR9")
-		add(2, eventlog.EvEventTag, sha512.Sum384(u.SectionData(".initrd")), taggedEvent(tagInitrd, "Linux initrd\x00"),
-			"Linux EFI stub efi_measure_tagged_event initrd (LoadFile2 from systemd-stub), PCR9")
+		// The initrd systemd-stub hands over through LoadFile2 is the
+		// .initrd section (no credentials or system extensions here).
+		if i := slices.IndexFunc(secDigests, func(d sectionDigest) bool { return d.name == ".initrd" }); i >= 0 {
+			add(2, eventlog.EvEventTag, secDigests[i].data, taggedEvent(tagInitrd, "Linux initrd\x00"),
+				"Linux EFI stub efi_measure_tagged_event initrd (LoadFile2 from systemd-stub), PCR9")
+		}
 	} else {
 		p.Notes = append(p.Notes, fmt.Sprintf("kernel %q does not measure into RTMRs (EFI CC measurement in libstub needs 6.9+): nothing from the kernel in RTMR2", u.KernelVersion))
 	}
@@ -362,15 +368,32 @@ func verityPinned(cmdline string) bool {
 // sections, starting from zero: for each measured section, SHA-384 of its
 // name with a NUL, then SHA-384 of its content (systemd-measure's
 // "calculate" without a phase, sha384 bank).
-func PCR11(u *UKI) attest.RTMR {
-	var r attest.RTMR
+func PCR11(u *UKI) attest.RTMR { return pcr11(sectionDigests(u)) }
+
+type sectionDigest struct {
+	name        string
+	name0, data eventlog.Digest // SHA-384 of the NUL-terminated name, of the content
+}
+
+// sectionDigests hashes, in measuring order, the sections the UKI's stub
+// measures and the UKI holds.
+func sectionDigests(u *UKI) []sectionDigest {
+	var out []sectionDigest
 	for _, name := range MeasuredSections(u.StubVersion) {
 		data := u.SectionData(name)
 		if data == nil {
 			continue
 		}
-		r = eventlog.Extend(r, sha512.Sum384(append([]byte(name), 0)))
-		r = eventlog.Extend(r, sha512.Sum384(data))
+		out = append(out, sectionDigest{name, sha512.Sum384(append([]byte(name), 0)), sha512.Sum384(data)})
+	}
+	return out
+}
+
+func pcr11(ds []sectionDigest) attest.RTMR {
+	var r attest.RTMR
+	for _, d := range ds {
+		r = eventlog.Extend(r, d.name0)
+		r = eventlog.Extend(r, d.data)
 	}
 	return r
 }
