@@ -26,7 +26,7 @@ const measureUsage = `measure: want a subcommand
                         [--rtmr0-log FILE] [--stub-measures auto|yes|no] [--kernel-measures auto|yes|no]
                         [--kernel-image-measured] [--log-out FILE] [--json]
   fleetbox measure rtmr3 --profile NAME --config FILE [--log-out FILE] [--json]
-  fleetbox measure image [--firmware FILE] [--out FILE] [--rtmr0 HEX]... [--rtmr0-log FILE]... DIR`
+  fleetbox measure image [--firmware FILE] [--out FILE] [--rtmr0 HEX]... [--rtmr0-quote FILE]... [--rtmr0-log FILE]... DIR`
 
 // runMeasure computes expected MRTD and RTMRs from image artifacts.
 func runMeasure(_ context.Context, e *env, args []string) int {
@@ -457,8 +457,9 @@ func measureImage(e *env, args []string) int {
 	fs.SetOutput(e.stderr)
 	fw := fs.String("firmware", "/usr/share/ovmf/OVMF.fd", "TDVF/OVMF firmware the TD boots")
 	out := fs.String("out", "", "where to write measurements.json (default DIR/measurements.json; - for standard output)")
-	var rtmr0s, rtmr0Logs measureList
+	var rtmr0s, rtmr0Logs, rtmr0Quotes measureList
 	fs.Var(&rtmr0s, "rtmr0", "RTMR0 from a reference boot's quote (hex; repeatable)")
+	fs.Var(&rtmr0Quotes, "rtmr0-quote", "quote of a reference boot; its RTMR0 is recorded (repeatable)")
 	fs.Var(&rtmr0Logs, "rtmr0-log", "event log of a reference boot, replayed for RTMR0 (repeatable)")
 	var stub, kern measureTri
 	fs.Var(&stub, "stub-measures", "systemd-stub measures into RTMRs: auto, yes, no")
@@ -478,6 +479,13 @@ func measureImage(e *env, args []string) int {
 			return usageErr(e, "measure image: --rtmr0: %v", err)
 		}
 		opts.RTMR0 = append(opts.RTMR0, r)
+	}
+	for _, p := range rtmr0Quotes {
+		q, err := attest.ReadQuoteFile(p)
+		if err != nil {
+			return usageErr(e, "measure image: --rtmr0-quote: %v", err)
+		}
+		opts.RTMR0 = append(opts.RTMR0, q.RTMR[0])
 	}
 	m, err := measure.MeasureImage(pos[0], opts)
 	if err != nil {
