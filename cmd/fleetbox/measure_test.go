@@ -90,7 +90,30 @@ func TestMeasureImageAndPolicy(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(prod, "fleetbox.conf"), []byte("x = 1\n"), 0o644)
 
-	code, _, errs := runMeasureCLI(t, "measure", "image", dir, "--firmware", "/usr/share/ovmf/OVMF.fd")
+	// measure boot writes its prediction as a log that measure eventlog
+	// diffs against; a changed bootloader digest is named.
+	pred := filepath.Join(dir, "predicted.json")
+	code, out, errs := runMeasureCLI(t, "measure", "boot", "--uki", filepath.Join(prod, "fleetbox.efi"),
+		"--bootloader", "/usr/lib/systemd/boot/efi/systemd-bootx64.efi", "--log-out", pred)
+	if code != exitOK || !strings.Contains(out, "rtmr1 ") || !strings.Contains(out, "rtmr0 not predicted") {
+		t.Fatalf("measure boot: exit %d\n%s%s", code, out, errs)
+	}
+	if code, out, _ := runMeasureCLI(t, "measure", "eventlog", "--log", pred, "--expect", pred); code != exitOK || !strings.Contains(out, "events match") {
+		t.Fatalf("self diff: exit %d\n%s", code, out)
+	}
+	var pevs []map[string]any
+	pb, _ := os.ReadFile(pred)
+	json.Unmarshal(pb, &pevs)
+	pevs[2]["digest"] = strings.Repeat("11", 48)
+	pb, _ = json.Marshal(pevs)
+	changed := filepath.Join(dir, "changed.json")
+	os.WriteFile(changed, pb, 0o644)
+	if code, out, _ := runMeasureCLI(t, "measure", "eventlog", "--log", changed, "--expect", pred); code != exitNo ||
+		!strings.Contains(out, "diff: rtmr1: changed #2 EV_EFI_BOOT_SERVICES_APPLICATION") {
+		t.Fatalf("changed bootloader: exit %d\n%s", code, out)
+	}
+
+	code, _, errs = runMeasureCLI(t, "measure", "image", dir, "--firmware", "/usr/share/ovmf/OVMF.fd")
 	if code != exitOK || !strings.Contains(errs, "profile prod:") {
 		t.Fatalf("measure image: exit %d\n%s", code, errs)
 	}
@@ -121,7 +144,7 @@ func TestMeasureImageAndPolicy(t *testing.T) {
 			t.Errorf("%s: %+v", p, pol)
 		}
 	}
-	code, out, errs := runMeasureCLI(t, "policy", "from-measurements", "--waive", "rtmr0", "--out", "-", "--kms-out", kms, mj)
+	code, out, errs = runMeasureCLI(t, "policy", "from-measurements", "--waive", "rtmr0", "--out", "-", "--kms-out", kms, mj)
 	if code != exitOK || !strings.Contains(out, `"*"`) || !strings.Contains(errs, "warning: rtmr0 is waived") {
 		t.Fatalf("waive: exit %d\n%s\n%s", code, out, errs)
 	}

@@ -88,7 +88,7 @@ var typeNames = map[uint32]string{
 	EvEFIPlatformFirmwareBlob: "EV_EFI_PLATFORM_FIRMWARE_BLOB", EvEFIHandoffTables: "EV_EFI_HANDOFF_TABLES",
 	EvEFIPlatformFirmwareBlob2: "EV_EFI_PLATFORM_FIRMWARE_BLOB2", EvEFIHandoffTables2: "EV_EFI_HANDOFF_TABLES2",
 	EvEFIVariableBoot2: "EV_EFI_VARIABLE_BOOT2", EvEFIHCRTMEvent: "EV_EFI_HCRTM_EVENT",
-	EvEFIVariableAuthority: "EV_EFI_VARIABLE_AUTHORITY", EvRuntime: "DSTACK_RUNTIME_EVENT",
+	EvEFIVariableAuthority: "EV_EFI_VARIABLE_AUTHORITY", EvRuntime: "RUNTIME_EVENT",
 }
 
 // TypeName names an event type ("EV_EFI_ACTION", or "0x12345678").

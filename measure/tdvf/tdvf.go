@@ -149,6 +149,9 @@ func Parse(fw []byte) (*Metadata, error) {
 		return nil, formatErr(-1, "metadata offset 0x%x from the end is outside the %d-byte image", off, len(fw))
 	}
 	start := len(fw) - int(off)
+	// edk2 puts the GUID e9eaf9f3-168e-44d5-a8eb-7f4d8738f6ae just before
+	// the descriptor; QEMU does not check it and neither does this parser:
+	// the "TDVF" signature below is what QEMU checks.
 	d := fw[start:]
 	if len(d) < descriptorSize {
 		return nil, formatErr(start, "truncated TDVF descriptor")
