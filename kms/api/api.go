@@ -1,0 +1,375 @@
+// Package api is the KMS wire format, shared by the server (kms) and the
+// client (kms/client): request and response bodies, stable error codes, the
+// canonical bytes a node signs for /get-key, and the report_data a node binds
+// into its quote. It depends on nothing heavier than libp2p's key types, so
+// the appliance can link the client without the server.
+package api
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/fleetbox/fleetbox/attest"
+)
+
+// Paths of the KMS HTTP API.
+const (
+	PathChallenge = "/challenge"
+	PathGetKey    = "/get-key"
+	PathAttest    = "/attest"
+	PathHealth    = "/health"
+	PathMetrics   = "/metrics"
+	PathAudit     = "/audit"
+)
+
+// Body limits. A real quote is about 5 KB and attest.MaxQuoteSize bounds any
+// quote at 64 KiB; base64 grows it by 4/3.
+const (
+	MaxChallengeBody = 1 << 10
+	MaxAttestBody    = 1 << 10
+	MaxGetKeyBody    = 96 << 10
+	// MaxResponseBody bounds what the client reads from any KMS response
+	// (an /attest response carries a quote; an /audit page many entries).
+	MaxResponseBody = 4 << 20
+)
+
+// KeySize is the length of a storage key.
+const KeySize = 32
+
+// SealToSize is the length of an X25519 public key (RFC 7748).
+const SealToSize = 32
+
+// Error codes: stable strings, one HTTP status each (see Status).
+const (
+	CodeInvalidRequest        = "invalid_request"
+	CodeInvalidChallenge      = "invalid_challenge"
+	CodeInvalidSignature      = "invalid_signature"
+	CodeAttestationInvalid    = "attestation_invalid"
+	CodeReportDataMismatch    = "report_data_mismatch"
+	CodePolicyRejected        = "measurement_policy_rejected"
+	CodePolicyNotReady        = "policy_not_ready"
+	CodeTooManyChallenges     = "too_many_challenges"
+	CodeCollateralUnavailable = "collateral_unavailable"
+	CodeInternal              = "internal_error"
+	CodeNotFound              = "not_found"
+	CodeMethodNotAllowed      = "method_not_allowed"
+)
+
+// Status returns the HTTP status for an error code.
+func Status(code string) int {
+	switch code {
+	case CodeInvalidRequest:
+		return 400
+	case CodeInvalidChallenge, CodeInvalidSignature:
+		return 401
+	case CodeAttestationInvalid, CodeReportDataMismatch, CodePolicyRejected:
+		return 403
+	case CodeNotFound:
+		return 404
+	case CodeMethodNotAllowed:
+		return 405
+	case CodePolicyNotReady, CodeTooManyChallenges, CodeCollateralUnavailable:
+		return 503
+	default:
+		return 500
+	}
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error   string   `json:"error"`
+	Details []string `json:"details,omitempty"`
+}
+
+// ChallengeRequest is the body of POST /challenge.
+type ChallengeRequest struct {
+	PeerID string `json:"peerId"`
+}
+
+// ChallengeResponse answers POST /challenge.
+type ChallengeResponse struct {
+	ChallengeID string    `json:"challengeId"`
+	NonceB64    string    `json:"nonceB64"`
+	ExpiresAt   time.Time `json:"expiresAt"`
+}
+
+// GetKeyRequest is the body of POST /get-key.
+type GetKeyRequest struct {
+	ChallengeID      string `json:"challengeId"`
+	QuoteB64         string `json:"quoteB64"`
+	PeerID           string `json:"peerId"`
+	PeerPublicKeyB64 string `json:"peerPublicKeyB64"`
+	SignatureB64     string `json:"signatureB64"`
+	SealToB64        string `json:"sealToB64,omitempty"`
+}
+
+// GetKeyResponse answers POST /get-key: Key (hex) without sealing,
+// SealedKeyB64 (an HPKE ciphertext, see SealInfo) with it.
+type GetKeyResponse struct {
+	Key          string `json:"key,omitempty"`
+	SealedKeyB64 string `json:"sealedKeyB64,omitempty"`
+	// Profile is the KMS profile the key was derived for.
+	Profile string `json:"profile"`
+	// AuditSeq is the audit log entry that records this release.
+	AuditSeq uint64 `json:"auditSeq"`
+}
+
+// AttestRequest is the body of POST /attest.
+type AttestRequest struct {
+	NonceB64 string `json:"nonceB64"`
+}
+
+// AttestResponse answers POST /attest: the KMS's own quote over
+// BindPublicKey(nonce, PublicKey) and its Ed25519 signing key (raw 32 bytes),
+// the key that also signs the audit head.
+type AttestResponse struct {
+	QuoteB64     string `json:"quoteB64"`
+	PublicKeyB64 string `json:"publicKeyB64"`
+	// Mock is true when the KMS runs without TDX and the quote is a mock
+	// quote; only a policy with acceptMock admits it.
+	Mock bool `json:"mock"`
+	// Source names the quote source ("tdx", "dstack", "mock").
+	Source string `json:"source"`
+}
+
+// Health answers GET /health.
+type Health struct {
+	Status            string `json:"status"`
+	PolicyReady       bool   `json:"policyReady"`
+	Profile           string `json:"profile"`
+	AuditSeq          uint64 `json:"auditSeq"`
+	PendingChallenges int    `json:"pendingChallenges"`
+}
+
+// ChallengeIDSize is the number of random bytes in a challenge ID.
+const ChallengeIDSize = 16
+
+var challengeIDRe = regexp.MustCompile(`^[A-Za-z0-9_-]{22}$`)
+
+// maxPeerIDText bounds a peer ID's text; an Ed25519 peer ID is 52 characters.
+const maxPeerIDText = 128
+
+// ErrShape is wrapped by every request-shape error.
+var ErrShape = errors.New("invalid request")
+
+func shapeErr(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrShape}, a...)...)
+}
+
+// decodeStrict decodes exactly one JSON object into v: unknown fields,
+// trailing data and oversize input are refused.
+func decodeStrict(data []byte, limit int, v any) error {
+	if len(data) > limit {
+		return shapeErr("body of %d bytes exceeds the %d-byte limit", len(data), limit)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return shapeErr("decoding JSON: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return shapeErr("trailing data after the JSON object")
+	}
+	return nil
+}
+
+// DecodeChallengeRequest decodes and checks a /challenge body.
+func DecodeChallengeRequest(data []byte) (*ChallengeRequest, error) {
+	var r ChallengeRequest
+	if err := decodeStrict(data, MaxChallengeBody, &r); err != nil {
+		return nil, err
+	}
+	if _, err := ParsePeerID(r.PeerID); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// GetKey is a decoded, shape-checked /get-key request.
+type GetKey struct {
+	ChallengeID string
+	Quote       []byte
+	PeerID      peer.ID
+	PeerIDText  string
+	PublicKey   crypto.PubKey
+	Signature   []byte
+	// SealTo is the X25519 public key to seal to; nil for a plain key.
+	SealTo []byte
+}
+
+// DecodeGetKeyRequest decodes a /get-key body and checks its shape: every
+// field present and well formed, sizes in bounds. It does not check that the
+// key derives the peer ID or that the signature verifies.
+func DecodeGetKeyRequest(data []byte) (*GetKey, error) {
+	var r GetKeyRequest
+	if err := decodeStrict(data, MaxGetKeyBody, &r); err != nil {
+		return nil, err
+	}
+	g := &GetKey{ChallengeID: r.ChallengeID}
+	if !challengeIDRe.MatchString(r.ChallengeID) {
+		return nil, shapeErr("challengeId is not a challenge ID")
+	}
+	var err error
+	if g.PeerID, err = ParsePeerID(r.PeerID); err != nil {
+		return nil, err
+	}
+	g.PeerIDText = r.PeerID
+	if g.Quote, err = b64(r.QuoteB64, "quoteB64", 1, attest.MaxQuoteSize); err != nil {
+		return nil, err
+	}
+	pk, err := b64(r.PeerPublicKeyB64, "peerPublicKeyB64", 32, 64)
+	if err != nil {
+		return nil, err
+	}
+	if g.PublicKey, err = ParsePublicKey(pk); err != nil {
+		return nil, err
+	}
+	if g.Signature, err = b64(r.SignatureB64, "signatureB64", 64, 64); err != nil {
+		return nil, err
+	}
+	if r.SealToB64 != "" {
+		if g.SealTo, err = b64(r.SealToB64, "sealToB64", SealToSize, SealToSize); err != nil {
+			return nil, err
+		}
+	}
+	return g, nil
+}
+
+// DecodeAttestRequest decodes an /attest body and returns its nonce.
+func DecodeAttestRequest(data []byte) ([attest.NonceSize]byte, error) {
+	var r AttestRequest
+	var n [attest.NonceSize]byte
+	if err := decodeStrict(data, MaxAttestBody, &r); err != nil {
+		return n, err
+	}
+	b, err := b64(r.NonceB64, "nonceB64", attest.NonceSize, attest.NonceSize)
+	if err != nil {
+		return n, err
+	}
+	copy(n[:], b)
+	return n, nil
+}
+
+// b64 decodes standard base64 (padded) and checks the decoded length.
+func b64(s, field string, minLen, maxLen int) ([]byte, error) {
+	if s == "" {
+		return nil, shapeErr("%s is missing", field)
+	}
+	if base64.StdEncoding.DecodedLen(len(s)) > maxLen+3 {
+		return nil, shapeErr("%s is longer than %d bytes", field, maxLen)
+	}
+	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, shapeErr("%s is not standard base64: %v", field, err)
+	}
+	if len(b) < minLen || len(b) > maxLen {
+		if minLen == maxLen {
+			return nil, shapeErr("%s is %d bytes, want %d", field, len(b), minLen)
+		}
+		return nil, shapeErr("%s is %d bytes, want %d..%d", field, len(b), minLen, maxLen)
+	}
+	return b, nil
+}
+
+// ParsePeerID parses a peer ID given as its base58 text (the form bound into
+// report_data) and refuses any other text form, so one peer has one text.
+func ParsePeerID(s string) (peer.ID, error) {
+	if s == "" {
+		return "", shapeErr("peerId is missing")
+	}
+	if len(s) > maxPeerIDText {
+		return "", shapeErr("peerId is longer than %d characters", maxPeerIDText)
+	}
+	id, err := peer.Decode(s)
+	if err != nil {
+		return "", shapeErr("peerId: %v", err)
+	}
+	if id.String() != s {
+		return "", shapeErr("peerId must be the base58 form %s", id.String())
+	}
+	return id, nil
+}
+
+// ParsePublicKey accepts an Ed25519 public key as 32 raw bytes or in libp2p's
+// protobuf encoding (crypto.MarshalPublicKey). Other key types are refused.
+func ParsePublicKey(b []byte) (crypto.PubKey, error) {
+	if len(b) == 32 {
+		k, err := crypto.UnmarshalEd25519PublicKey(b)
+		if err != nil {
+			return nil, shapeErr("peerPublicKeyB64: %v", err)
+		}
+		return k, nil
+	}
+	k, err := crypto.UnmarshalPublicKey(b)
+	if err != nil {
+		return nil, shapeErr("peerPublicKeyB64: %v", err)
+	}
+	if k.Type() != crypto.Ed25519 {
+		return nil, shapeErr("peerPublicKeyB64: key type %s, want Ed25519", k.Type())
+	}
+	return k, nil
+}
+
+// SigningDomain separates the /get-key signature from any other use of a
+// node's key.
+const SigningDomain = "fleetbox/kms/get-key/v1"
+
+// SigningMessage is the canonical encoding a node signs with its Ed25519 key
+// for /get-key: the domain and a NUL, then each field with a 4-byte
+// big-endian length prefix where its length varies:
+//
+//	"fleetbox/kms/get-key/v1" 0x00
+//	len(challengeId) challengeId
+//	nonce (32)
+//	len(peerId) peerId            (base58 text)
+//	quoteHash (32)                (attest.Quote.Hash)
+//	len(sealTo) sealTo            (0 or 32 bytes)
+func SigningMessage(challengeID string, nonce [attest.NonceSize]byte, peerID string, quoteHash attest.QuoteHash, sealTo []byte) []byte {
+	out := make([]byte, 0, len(SigningDomain)+1+3*4+len(challengeID)+len(peerID)+len(sealTo)+64)
+	out = append(out, SigningDomain...)
+	out = append(out, 0)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(challengeID)))
+	out = append(out, challengeID...)
+	out = append(out, nonce[:]...)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(peerID)))
+	out = append(out, peerID...)
+	out = append(out, quoteHash[:]...)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(sealTo)))
+	out = append(out, sealTo...)
+	return out
+}
+
+// BindingFor returns what SHA-256 covers in the second half of a key
+// release's report_data: the peer ID's base58 text, followed by the sealing
+// key when there is one.
+func BindingFor(peerID string, sealTo []byte) []byte {
+	b := make([]byte, 0, len(peerID)+len(sealTo))
+	b = append(b, peerID...)
+	return append(b, sealTo...)
+}
+
+// ReportData is the report_data a node binds into its quote for a key
+// release: nonce || SHA-256(peerId) or nonce || SHA-256(peerId || sealTo).
+func ReportData(nonce [attest.NonceSize]byte, peerID string, sealTo []byte) attest.ReportData {
+	return attest.BindPublicKey(nonce, BindingFor(peerID, sealTo))
+}
+
+// SealInfo is the HPKE info string a sealed key is bound to: the profile and
+// the peer, so a ciphertext for one peer or profile cannot pass for another.
+func SealInfo(profile, peerID string) []byte {
+	return []byte("fleetbox/kms/sealed-key/v1\x00" + profile + "\x00" + peerID)
+}
+
+// HPKE suite for sealed keys (RFC 9180): DHKEM(X25519, HKDF-SHA256),
+// HKDF-SHA256, ChaCha20-Poly1305.
+const SealSuite = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/ChaCha20Poly1305"

@@ -1,0 +1,523 @@
+// Package audit is the KMS's append-only, hash-chained decision log.
+//
+// Every key release decision (granted or denied) becomes a Record. Records
+// are stored in bbolt under their sequence number; each record names the hash
+// of the one before it (Prev), and its own hash is
+//
+//	SHA-256("fleetbox/kms/audit/v1" 0x00 || record JSON)
+//
+// over the exact stored JSON bytes. The head (last sequence number and hash,
+// and the time of the commit) is signed with the KMS's Ed25519 key, so a copy
+// of the log can be checked against the head without trusting whoever served
+// it.
+//
+// Appends are group-committed: one writer goroutine (Run) takes every append
+// waiting at the time, writes them in a single bbolt transaction (two
+// fdatasyncs), and only then releases the callers. Durability then costs one
+// commit per batch, not per decision.
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Decisions.
+const (
+	Granted = "granted"
+	Denied  = "denied"
+)
+
+// Event is what the KMS records about one decision.
+type Event struct {
+	Time      time.Time `json:"time"`
+	PeerID    string    `json:"peerId,omitempty"`
+	QuoteHash string    `json:"quoteHash,omitempty"`
+	MRTD      string    `json:"mrtd,omitempty"`
+	RTMR      []string  `json:"rtmr,omitempty"`
+	TcbStatus string    `json:"tcbStatus,omitempty"`
+	Mock      bool      `json:"mock,omitempty"`
+	Decision  string    `json:"decision"`
+	// Reason is the API error code of a denial; empty for a grant.
+	Reason  string   `json:"reason,omitempty"`
+	Details []string `json:"details,omitempty"`
+	Profile string   `json:"profile,omitempty"`
+	Sealed  bool     `json:"sealed,omitempty"`
+}
+
+// Record is a stored Event with its place in the chain.
+type Record struct {
+	Seq  uint64 `json:"seq"`
+	Prev string `json:"prev"` // hex SHA-256 of the previous record; zeros for the first
+	Event
+}
+
+// Hash is a record hash.
+type Hash [32]byte
+
+func (h Hash) String() string { return hex.EncodeToString(h[:]) }
+
+const recordDomain = "fleetbox/kms/audit/v1\x00"
+const headDomain = "fleetbox/kms/audit-head/v1\x00"
+
+// RecordHash hashes a record's stored JSON bytes.
+func RecordHash(recordJSON []byte) Hash {
+	h := sha256.New()
+	h.Write([]byte(recordDomain))
+	h.Write(recordJSON)
+	var out Hash
+	h.Sum(out[:0])
+	return out
+}
+
+// Head is the signed tip of the chain.
+type Head struct {
+	Seq       uint64
+	Hash      Hash
+	Time      time.Time
+	Signature []byte
+}
+
+// headMessage is what the KMS key signs: domain, seq, hash, unix nanoseconds.
+func headMessage(seq uint64, h Hash, t time.Time) []byte {
+	m := make([]byte, 0, len(headDomain)+8+32+8)
+	m = append(m, headDomain...)
+	m = binary.BigEndian.AppendUint64(m, seq)
+	m = append(m, h[:]...)
+	return binary.BigEndian.AppendUint64(m, uint64(t.UnixNano()))
+}
+
+// SignedHead is the wire form of a Head with the key that signed it.
+type SignedHead struct {
+	Seq          uint64    `json:"seq"`
+	Hash         string    `json:"hash"`
+	Time         time.Time `json:"time"`
+	SignatureB64 string    `json:"signatureB64"`
+	PublicKeyB64 string    `json:"publicKeyB64"`
+}
+
+// Entry is the wire form of a stored record: the exact stored JSON, and its
+// hash for convenience (verifiers recompute it).
+type Entry struct {
+	Seq    uint64          `json:"seq"`
+	Hash   string          `json:"hash"`
+	Record json.RawMessage `json:"record"`
+}
+
+// Page is what GET /audit?after=N returns: entries after N, the head read in
+// the same transaction, and whether entries up to the head remain.
+type Page struct {
+	Entries []Entry    `json:"entries"`
+	Head    SignedHead `json:"head"`
+	More    bool       `json:"more"`
+}
+
+// Errors.
+var (
+	ErrClosed      = errors.New("audit log is not running")
+	ErrKeyMismatch = errors.New("audit log was created with a different signing key")
+	ErrChain       = errors.New("audit chain does not verify")
+	ErrHead        = errors.New("audit head does not verify")
+)
+
+var (
+	bucketRecords = []byte("records")
+	bucketMeta    = []byte("meta")
+	keyHead       = []byte("head")
+	keyPublicKey  = []byte("publicKey")
+)
+
+// Config configures a Log.
+type Config struct {
+	// DB is an open bbolt database; the Log creates its buckets in it and
+	// does not close it.
+	DB *bolt.DB
+	// Signer signs the head. Required.
+	Signer ed25519.PrivateKey
+	// MaxBatch bounds the appends in one commit. Zero: 512.
+	MaxBatch int
+	// Now stamps heads. Nil: time.Now.
+	Now func() time.Time
+	// OnCommit, if set, is called after each commit with the batch size and
+	// the time the commit took (for metrics).
+	OnCommit func(n int, d time.Duration)
+	Logger   *slog.Logger
+}
+
+// Log is the audit log. Append is safe for concurrent use; Run must be
+// running for appends to complete.
+type Log struct {
+	cfg  Config
+	db   *bolt.DB
+	log  *slog.Logger
+	reqs chan *appendReq
+	// stopped is closed when Run returns.
+	stopped  chan struct{}
+	stopOnce sync.Once
+
+	mu   sync.RWMutex // guards head
+	head Head
+}
+
+type appendReq struct {
+	ev   Event
+	done chan appendRes
+}
+
+type appendRes struct {
+	seq uint64
+	err error
+}
+
+// Open prepares the log in cfg.DB: creates its buckets, records the signing
+// key on first use (and refuses another key later), and checks that the
+// stored head matches the last record. It starts nothing.
+func Open(cfg Config) (*Log, error) {
+	if cfg.DB == nil || len(cfg.Signer) != ed25519.PrivateKeySize {
+		return nil, errors.New("audit: DB and an Ed25519 Signer are required")
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 512
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	l := &Log{cfg: cfg, db: cfg.DB, log: lg, reqs: make(chan *appendReq, cfg.MaxBatch), stopped: make(chan struct{})}
+	pub := cfg.Signer.Public().(ed25519.PublicKey)
+	err := l.db.Update(func(tx *bolt.Tx) error {
+		recs, err := tx.CreateBucketIfNotExists(bucketRecords)
+		if err != nil {
+			return err
+		}
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if stored := meta.Get(keyPublicKey); stored == nil {
+			if err := meta.Put(keyPublicKey, pub); err != nil {
+				return err
+			}
+		} else if subtle.ConstantTimeCompare(stored, pub) != 1 {
+			return ErrKeyMismatch
+		}
+		var h Head
+		if raw := meta.Get(keyHead); raw != nil {
+			sh, err := decodeSignedHead(raw)
+			if err != nil {
+				return fmt.Errorf("reading head: %w", err)
+			}
+			if h, err = sh.verify(pub); err != nil {
+				return err
+			}
+		}
+		// The last record must be the head: a crash cannot split them (one
+		// transaction writes both), so a mismatch means tampering.
+		k, v := recs.Cursor().Last()
+		switch {
+		case k == nil && h.Seq != 0:
+			return fmt.Errorf("%w: head at %d but no records", ErrChain, h.Seq)
+		case k != nil:
+			seq := binary.BigEndian.Uint64(k)
+			if seq != h.Seq || RecordHash(v) != h.Hash {
+				return fmt.Errorf("%w: last record %d does not match the signed head %d", ErrChain, seq, h.Seq)
+			}
+		}
+		if meta.Get(keyHead) == nil {
+			h = l.sign(0, Hash{})
+			if err := meta.Put(keyHead, l.encodeHead(h)); err != nil {
+				return err
+			}
+		}
+		l.head = h
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("opening audit log: %w", err)
+	}
+	return l, nil
+}
+
+func (l *Log) sign(seq uint64, h Hash) Head {
+	t := l.cfg.Now().UTC()
+	return Head{Seq: seq, Hash: h, Time: t, Signature: ed25519.Sign(l.cfg.Signer, headMessage(seq, h, t))}
+}
+
+func (l *Log) encodeHead(h Head) []byte {
+	b, _ := json.Marshal(l.signedHead(h))
+	return b
+}
+
+func (l *Log) signedHead(h Head) SignedHead {
+	return SignedHead{
+		Seq: h.Seq, Hash: h.Hash.String(), Time: h.Time,
+		SignatureB64: base64.StdEncoding.EncodeToString(h.Signature),
+		PublicKeyB64: base64.StdEncoding.EncodeToString(l.PublicKey()),
+	}
+}
+
+func decodeSignedHead(b []byte) (SignedHead, error) {
+	var sh SignedHead
+	err := json.Unmarshal(b, &sh)
+	return sh, err
+}
+
+// verify checks the head's signature with pub and returns it decoded.
+func (sh SignedHead) verify(pub ed25519.PublicKey) (Head, error) {
+	var h Head
+	hb, err := hex.DecodeString(sh.Hash)
+	if err != nil || len(hb) != 32 {
+		return h, fmt.Errorf("%w: hash is not 32 hex bytes", ErrHead)
+	}
+	copy(h.Hash[:], hb)
+	h.Seq, h.Time = sh.Seq, sh.Time
+	if h.Signature, err = base64.StdEncoding.DecodeString(sh.SignatureB64); err != nil {
+		return h, fmt.Errorf("%w: signature: %v", ErrHead, err)
+	}
+	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, headMessage(h.Seq, h.Hash, h.Time), h.Signature) {
+		return h, fmt.Errorf("%w: signature by %s", ErrHead, base64.StdEncoding.EncodeToString(pub))
+	}
+	return h, nil
+}
+
+// VerifyHead checks a served head against a public key (base64 in the head
+// when pub is nil — then it proves only consistency, not who signed it).
+func VerifyHead(sh SignedHead, pub ed25519.PublicKey) (Head, error) {
+	if pub == nil {
+		b, err := base64.StdEncoding.DecodeString(sh.PublicKeyB64)
+		if err != nil {
+			return Head{}, fmt.Errorf("%w: publicKeyB64: %v", ErrHead, err)
+		}
+		pub = b
+	}
+	return sh.verify(pub)
+}
+
+// PublicKey returns the head-signing key.
+func (l *Log) PublicKey() ed25519.PublicKey { return l.cfg.Signer.Public().(ed25519.PublicKey) }
+
+// Head returns the current signed head.
+func (l *Log) Head() SignedHead {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.signedHead(l.head)
+}
+
+// Append records ev and returns its sequence number once it is on disk.
+func (l *Log) Append(ctx context.Context, ev Event) (uint64, error) {
+	r := &appendReq{ev: ev, done: make(chan appendRes, 1)}
+	select {
+	case l.reqs <- r:
+	case <-l.stopped:
+		return 0, ErrClosed
+	case <-ctx.Done():
+		return 0, fmt.Errorf("appending audit record: %w", ctx.Err())
+	}
+	// Once queued the record will be committed or failed by the writer; wait
+	// for that so a caller never reports a decision the log may still hold.
+	select {
+	case res := <-r.done:
+		return res.seq, res.err
+	case <-l.stopped:
+		select {
+		case res := <-r.done:
+			return res.seq, res.err
+		default:
+			return 0, ErrClosed
+		}
+	}
+}
+
+// Run is the single writer: it commits queued appends in batches until ctx
+// ends, then fails what is still queued with ErrClosed and returns nil.
+func (l *Log) Run(ctx context.Context) error {
+	defer l.stopOnce.Do(func() { close(l.stopped) })
+	batch := make([]*appendReq, 0, l.cfg.MaxBatch)
+	for {
+		select {
+		case <-ctx.Done():
+			l.stopOnce.Do(func() { close(l.stopped) })
+			for {
+				select {
+				case r := <-l.reqs:
+					r.done <- appendRes{err: ErrClosed}
+				default:
+					return nil
+				}
+			}
+		case r := <-l.reqs:
+			batch = append(batch[:0], r)
+		fill:
+			for len(batch) < l.cfg.MaxBatch {
+				select {
+				case r := <-l.reqs:
+					batch = append(batch, r)
+				default:
+					break fill
+				}
+			}
+			l.commit(batch)
+		}
+	}
+}
+
+func (l *Log) commit(batch []*appendReq) {
+	start := time.Now()
+	l.mu.RLock()
+	head := l.head
+	l.mu.RUnlock()
+	seqs := make([]uint64, len(batch))
+	var newHead Head
+	err := l.db.Update(func(tx *bolt.Tx) error {
+		recs := tx.Bucket(bucketRecords)
+		seq, prev := head.Seq, head.Hash
+		for i, r := range batch {
+			seq++
+			js, err := json.Marshal(Record{Seq: seq, Prev: prev.String(), Event: r.ev})
+			if err != nil {
+				return err
+			}
+			if err := recs.Put(binary.BigEndian.AppendUint64(nil, seq), js); err != nil {
+				return err
+			}
+			prev = RecordHash(js)
+			seqs[i] = seq
+		}
+		newHead = l.sign(seq, prev)
+		return tx.Bucket(bucketMeta).Put(keyHead, l.encodeHead(newHead))
+	})
+	if err != nil {
+		l.log.Error("audit commit failed; decisions in this batch are refused", "records", len(batch), "err", err)
+		for _, r := range batch {
+			r.done <- appendRes{err: fmt.Errorf("committing audit records: %w", err)}
+		}
+		return
+	}
+	l.mu.Lock()
+	l.head = newHead
+	l.mu.Unlock()
+	for i, r := range batch {
+		r.done <- appendRes{seq: seqs[i]}
+	}
+	if l.cfg.OnCommit != nil {
+		l.cfg.OnCommit(len(batch), time.Since(start))
+	}
+}
+
+// MaxPage bounds the entries in one Page.
+const MaxPage = 1000
+
+// Entries returns up to limit records after seq after, with the head read in
+// the same transaction.
+func (l *Log) Entries(after uint64, limit int) (*Page, error) {
+	return ReadPage(l.db, after, limit)
+}
+
+// ReadPage reads a page from a database holding an audit log (also one
+// opened read-only by `fleetbox kms audit verify --state`).
+func ReadPage(db *bolt.DB, after uint64, limit int) (*Page, error) {
+	if limit <= 0 || limit > MaxPage {
+		limit = MaxPage
+	}
+	p := &Page{Entries: []Entry{}}
+	err := db.View(func(tx *bolt.Tx) error {
+		recs, meta := tx.Bucket(bucketRecords), tx.Bucket(bucketMeta)
+		if recs == nil || meta == nil {
+			return errors.New("no audit log in this database")
+		}
+		sh, err := decodeSignedHead(meta.Get(keyHead))
+		if err != nil {
+			return fmt.Errorf("reading head: %w", err)
+		}
+		sh.PublicKeyB64 = base64.StdEncoding.EncodeToString(meta.Get(keyPublicKey))
+		p.Head = sh
+		c := recs.Cursor()
+		var last uint64 = after
+		for k, v := c.Seek(binary.BigEndian.AppendUint64(nil, after+1)); k != nil && len(p.Entries) < limit; k, v = c.Next() {
+			seq := binary.BigEndian.Uint64(k)
+			p.Entries = append(p.Entries, Entry{Seq: seq, Hash: RecordHash(v).String(), Record: bytes.Clone(v)})
+			last = seq
+		}
+		p.More = last < sh.Seq
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading audit log: %w", err)
+	}
+	return p, nil
+}
+
+// ChainVerifier checks a log page by page, from the first record.
+type ChainVerifier struct {
+	seq  uint64
+	prev Hash
+	// Counts of decisions seen.
+	Granted, Denied int
+}
+
+// Add checks entries that continue the chain.
+func (v *ChainVerifier) Add(entries []Entry) error {
+	for _, e := range entries {
+		var r Record
+		dec := json.NewDecoder(bytes.NewReader(e.Record))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&r); err != nil {
+			return fmt.Errorf("%w: record %d: %v", ErrChain, e.Seq, err)
+		}
+		if r.Seq != v.seq+1 || e.Seq != r.Seq {
+			return fmt.Errorf("%w: record %d follows %d (a record is missing, duplicated or reordered)", ErrChain, r.Seq, v.seq)
+		}
+		wantPrev := v.prev.String()
+		if r.Prev != wantPrev {
+			return fmt.Errorf("%w: record %d names previous hash %s, want %s", ErrChain, r.Seq, r.Prev, wantPrev)
+		}
+		h := RecordHash(e.Record)
+		if e.Hash != "" && e.Hash != h.String() {
+			return fmt.Errorf("%w: record %d: served hash %s, computed %s", ErrChain, r.Seq, e.Hash, h)
+		}
+		switch r.Decision {
+		case Granted:
+			v.Granted++
+		case Denied:
+			v.Denied++
+		default:
+			return fmt.Errorf("%w: record %d: decision %q", ErrChain, r.Seq, r.Decision)
+		}
+		v.seq, v.prev = r.Seq, h
+	}
+	return nil
+}
+
+// Finish checks that the chain verified so far ends exactly at the signed
+// head, and the head's signature with pub (the key served with the head when
+// pub is nil).
+func (v *ChainVerifier) Finish(sh SignedHead, pub ed25519.PublicKey) (Head, error) {
+	h, err := VerifyHead(sh, pub)
+	if err != nil {
+		return h, err
+	}
+	if h.Seq != v.seq || h.Hash != v.prev {
+		return h, fmt.Errorf("%w: chain ends at record %d (%s), signed head is %d (%s)", ErrChain, v.seq, v.prev, h.Seq, h.Hash)
+	}
+	return h, nil
+}
+
+// Seq returns the last verified sequence number.
+func (v *ChainVerifier) Seq() uint64 { return v.seq }

@@ -1,0 +1,436 @@
+// Package client fetches a node's storage key from the fleetbox KMS:
+// challenge, quote over the challenge nonce and the node's peer ID (and an
+// ephemeral X25519 key when sealing), signed /get-key. It can first check the
+// KMS's own quote against a policy (/attest), and retries with backoff on
+// 5xx and network errors, never on 4xx.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdh"
+	"crypto/ed25519"
+	"crypto/hpke"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mathrand "math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/kms/api"
+	"github.com/fleetbox/fleetbox/kms/audit"
+)
+
+// Config configures a Client.
+type Config struct {
+	// URL is the KMS base URL (http://kms:8443). Required.
+	URL string
+	// Identity is the node's Ed25519 key; its libp2p peer ID names the node
+	// to the KMS. Required.
+	Identity ed25519.PrivateKey
+	// Source produces the node's quotes. Required for GetKey.
+	Source attest.Source
+	// Seal asks for the key sealed with HPKE to an ephemeral X25519 key that
+	// the quote binds, so nothing between node and KMS sees it.
+	Seal bool
+	// HTTPClient: nil means a client with a 30 s timeout.
+	HTTPClient *http.Client
+	// MaxAttempts bounds tries per call on retryable failures. Zero: 5.
+	MaxAttempts int
+	// InitialBackoff (zero: 200 ms) doubles per retry up to MaxBackoff
+	// (zero: 10 s), with jitter.
+	InitialBackoff, MaxBackoff time.Duration
+	Logger                     *slog.Logger
+}
+
+// Client talks to one KMS. It is safe for concurrent use.
+type Client struct {
+	cfg    Config
+	base   string
+	hc     *http.Client
+	log    *slog.Logger
+	pub    crypto.PubKey
+	pubRaw []byte
+	peerID peer.ID
+}
+
+// New checks cfg. It connects nothing.
+func New(cfg Config) (*Client, error) {
+	if cfg.URL == "" {
+		return nil, errors.New("kms client: URL is required")
+	}
+	if len(cfg.Identity) != ed25519.PrivateKeySize {
+		return nil, errors.New("kms client: an Ed25519 Identity is required")
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second}
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 5
+	}
+	if cfg.InitialBackoff <= 0 {
+		cfg.InitialBackoff = 200 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 10 * time.Second
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	raw := []byte(cfg.Identity.Public().(ed25519.PublicKey))
+	pub, err := crypto.UnmarshalEd25519PublicKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("kms client: identity: %w", err)
+	}
+	id, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("kms client: identity: %w", err)
+	}
+	return &Client{cfg: cfg, base: strings.TrimRight(cfg.URL, "/"), hc: cfg.HTTPClient, log: lg, pub: pub, pubRaw: raw, peerID: id}, nil
+}
+
+// PeerID is the node's peer ID as the KMS sees it.
+func (c *Client) PeerID() peer.ID { return c.peerID }
+
+// APIError is a refusal from the KMS.
+type APIError struct {
+	Status  int
+	Code    string
+	Details []string
+}
+
+func (e *APIError) Error() string {
+	msg := fmt.Sprintf("kms refused (HTTP %d %s)", e.Status, e.Code)
+	if len(e.Details) > 0 {
+		msg += ": " + strings.Join(e.Details, "; ")
+	}
+	return msg
+}
+
+// Temporary reports whether a later attempt may succeed (5xx).
+func (e *APIError) Temporary() bool { return e.Status >= 500 }
+
+// retryable: network errors and 5xx; never 4xx, never a cancelled context.
+func retryable(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.Temporary()
+	}
+	var pe *permanentError
+	return !errors.As(err, &pe)
+}
+
+// permanentError marks failures a retry cannot fix (a malformed answer, a
+// quote source error that is not transient is still retried: TDX can be busy).
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+func (c *Client) retry(ctx context.Context, what string, f func() error) error {
+	backoff := c.cfg.InitialBackoff
+	var err error
+	for attempt := 1; ; attempt++ {
+		if err = f(); err == nil || !retryable(ctx, err) || attempt >= c.cfg.MaxAttempts {
+			break
+		}
+		d := backoff/2 + time.Duration(mathrand.Int64N(int64(backoff)/2+1))
+		c.log.Warn("kms request failed; retrying", "what", what, "attempt", attempt, "in", d, "err", err)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, c.cfg.MaxBackoff)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// do sends a JSON body and decodes a JSON answer into out.
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return &permanentError{err}
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return &permanentError{err}
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(res.Body, api.MaxResponseBody+1))
+	if err != nil {
+		return err
+	}
+	if len(data) > api.MaxResponseBody {
+		return &permanentError{fmt.Errorf("%s %s: response exceeds %d bytes", method, path, api.MaxResponseBody)}
+	}
+	if res.StatusCode != http.StatusOK {
+		ae := &APIError{Status: res.StatusCode, Code: "http_" + fmt.Sprint(res.StatusCode)}
+		var e api.Error
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			ae.Code, ae.Details = e.Error, e.Details
+		}
+		return ae
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return &permanentError{fmt.Errorf("%s %s: decoding response: %w", method, path, err)}
+	}
+	return nil
+}
+
+// Key is a storage key from the KMS. It never prints; copy it out with
+// Bytes and Wipe it when done.
+type Key struct {
+	b [api.KeySize]byte
+	// Profile is the KMS profile it was derived for; AuditSeq the audit
+	// record of its release.
+	Profile  string
+	AuditSeq uint64
+	// Sealed is true when it arrived HPKE-sealed.
+	Sealed bool
+}
+
+// Bytes returns a copy of the key.
+func (k *Key) Bytes() []byte { return append([]byte(nil), k.b[:]...) }
+
+// Equal compares in constant time.
+func (k *Key) Equal(o *Key) bool { return subtle.ConstantTimeCompare(k.b[:], o.b[:]) == 1 }
+
+// Wipe zeroes the key.
+func (k *Key) Wipe() { clear(k.b[:]) }
+
+// Format implements fmt.Formatter: the key is never printed.
+func (k *Key) Format(f fmt.State, _ rune) { io.WriteString(f, "Key(redacted)") }
+
+// LogValue implements slog.LogValuer.
+func (k *Key) LogValue() slog.Value { return slog.StringValue("Key(redacted)") }
+
+// GetKey runs challenge -> quote -> get-key, with a fresh challenge on each
+// retry.
+func (c *Client) GetKey(ctx context.Context) (*Key, error) {
+	if c.cfg.Source == nil {
+		return nil, errors.New("kms client: no quote source configured")
+	}
+	var key *Key
+	err := c.retry(ctx, "getting storage key", func() error {
+		k, err := c.getKeyOnce(ctx)
+		key = k
+		return err
+	})
+	return key, err
+}
+
+func (c *Client) getKeyOnce(ctx context.Context) (*Key, error) {
+	idText := c.peerID.String()
+	var ch api.ChallengeResponse
+	if err := c.do(ctx, http.MethodPost, api.PathChallenge, api.ChallengeRequest{PeerID: idText}, &ch); err != nil {
+		return nil, err
+	}
+	nb, err := base64.StdEncoding.DecodeString(ch.NonceB64)
+	if err != nil || len(nb) != attest.NonceSize {
+		return nil, &permanentError{errors.New("challenge: nonceB64 is not 32 bytes of base64")}
+	}
+	var nonce [attest.NonceSize]byte
+	copy(nonce[:], nb)
+
+	var sealKey *ecdh.PrivateKey
+	var sealTo []byte
+	if c.cfg.Seal {
+		if sealKey, err = ecdh.X25519().GenerateKey(rand.Reader); err != nil {
+			return nil, &permanentError{err}
+		}
+		sealTo = sealKey.PublicKey().Bytes()
+	}
+	raw, err := c.cfg.Source.GetQuote(ctx, api.ReportData(nonce, idText, sealTo))
+	if err != nil {
+		return nil, fmt.Errorf("getting quote from %s: %w", c.cfg.Source.Kind(), err)
+	}
+	q, err := attest.ParseQuote(raw)
+	if err != nil {
+		return nil, &permanentError{fmt.Errorf("parsing own quote: %w", err)}
+	}
+	sig := ed25519.Sign(c.cfg.Identity, api.SigningMessage(ch.ChallengeID, nonce, idText, q.Hash, sealTo))
+	req := api.GetKeyRequest{
+		ChallengeID:      ch.ChallengeID,
+		QuoteB64:         base64.StdEncoding.EncodeToString(raw),
+		PeerID:           idText,
+		PeerPublicKeyB64: base64.StdEncoding.EncodeToString(c.pubRaw),
+		SignatureB64:     base64.StdEncoding.EncodeToString(sig),
+	}
+	if sealTo != nil {
+		req.SealToB64 = base64.StdEncoding.EncodeToString(sealTo)
+	}
+	var resp api.GetKeyResponse
+	if err := c.do(ctx, http.MethodPost, api.PathGetKey, req, &resp); err != nil {
+		return nil, err
+	}
+	k := &Key{Profile: resp.Profile, AuditSeq: resp.AuditSeq, Sealed: sealTo != nil}
+	switch {
+	case sealTo != nil:
+		if resp.Key != "" {
+			return nil, &permanentError{errors.New("get-key: KMS sent a plain key to a sealed request")}
+		}
+		ct, err := base64.StdEncoding.DecodeString(resp.SealedKeyB64)
+		if err != nil {
+			return nil, &permanentError{errors.New("get-key: sealedKeyB64 is not base64")}
+		}
+		pt, err := OpenSealed(sealKey, ct, resp.Profile, idText)
+		if err != nil {
+			return nil, &permanentError{err}
+		}
+		copy(k.b[:], pt)
+		clear(pt)
+	default:
+		b, err := hex.DecodeString(resp.Key)
+		if err != nil || len(b) != api.KeySize {
+			return nil, &permanentError{errors.New("get-key: key is not 32 bytes of hex")}
+		}
+		copy(k.b[:], b)
+		clear(b)
+	}
+	return k, nil
+}
+
+// OpenSealed opens an HPKE-sealed key (api.SealSuite, info
+// api.SealInfo(profile, peerID)).
+func OpenSealed(sk *ecdh.PrivateKey, ct []byte, profile, peerID string) ([]byte, error) {
+	hk, err := hpke.NewDHKEMPrivateKey(sk)
+	if err != nil {
+		return nil, fmt.Errorf("opening sealed key: %w", err)
+	}
+	pt, err := hpke.Open(hk, hpke.HKDFSHA256(), hpke.ChaCha20Poly1305(), api.SealInfo(profile, peerID), ct)
+	if err != nil {
+		return nil, fmt.Errorf("opening sealed key: %w", err)
+	}
+	if len(pt) != api.KeySize {
+		clear(pt)
+		return nil, fmt.Errorf("opening sealed key: %d bytes, want %d", len(pt), api.KeySize)
+	}
+	return pt, nil
+}
+
+// KMSIdentity is what CheckKMS established about the KMS.
+type KMSIdentity struct {
+	// PublicKey is the KMS's Ed25519 key (it signs the audit head).
+	PublicKey ed25519.PublicKey
+	Verdict   *attest.Verdict
+}
+
+// ErrKMSNotTrusted means the KMS's own quote failed verification, binding or
+// policy.
+var ErrKMSNotTrusted = errors.New("kms is not trusted")
+
+// CheckKMS asks the KMS for its own quote over a fresh nonce and its signing
+// key, verifies the quote with v, checks the binding, and judges it with pol.
+func (c *Client) CheckKMS(ctx context.Context, v *attest.Verifier, pol *attest.Policy) (*KMSIdentity, error) {
+	if v == nil || pol == nil {
+		return nil, errors.New("kms client: CheckKMS needs a verifier and a policy")
+	}
+	var id *KMSIdentity
+	err := c.retry(ctx, "checking the KMS", func() error {
+		var nonce [attest.NonceSize]byte
+		if _, err := rand.Read(nonce[:]); err != nil {
+			return &permanentError{err}
+		}
+		var resp api.AttestResponse
+		if err := c.do(ctx, http.MethodPost, api.PathAttest, api.AttestRequest{NonceB64: base64.StdEncoding.EncodeToString(nonce[:])}, &resp); err != nil {
+			return err
+		}
+		pub, err := base64.StdEncoding.DecodeString(resp.PublicKeyB64)
+		if err != nil || len(pub) != ed25519.PublicKeySize {
+			return &permanentError{fmt.Errorf("%w: publicKeyB64 is not an Ed25519 key", ErrKMSNotTrusted)}
+		}
+		raw, err := base64.StdEncoding.DecodeString(resp.QuoteB64)
+		if err != nil {
+			return &permanentError{fmt.Errorf("%w: quoteB64 is not base64", ErrKMSNotTrusted)}
+		}
+		verdict, err := v.Verify(ctx, raw)
+		if err != nil {
+			return &permanentError{fmt.Errorf("%w: its quote: %w", ErrKMSNotTrusted, err)}
+		}
+		if err := attest.CheckBinding(verdict.Quote.ReportData, nonce, pub); err != nil {
+			return &permanentError{fmt.Errorf("%w: %w", ErrKMSNotTrusted, err)}
+		}
+		if err := pol.Evaluate(verdict); err != nil {
+			return &permanentError{fmt.Errorf("%w: %w", ErrKMSNotTrusted, err)}
+		}
+		id = &KMSIdentity{PublicKey: pub, Verdict: verdict}
+		return nil
+	})
+	return id, err
+}
+
+// Health fetches /health.
+func (c *Client) Health(ctx context.Context) (*api.Health, error) {
+	var h api.Health
+	if err := c.do(ctx, http.MethodGet, api.PathHealth, nil, &h); err != nil {
+		return nil, fmt.Errorf("kms health: %w", err)
+	}
+	return &h, nil
+}
+
+// AuditPage fetches one page of the audit log.
+func (c *Client) AuditPage(ctx context.Context, after uint64) (*audit.Page, error) {
+	var p audit.Page
+	err := c.retry(ctx, "reading audit log", func() error {
+		return c.do(ctx, http.MethodGet, fmt.Sprintf("%s?after=%d", api.PathAudit, after), nil, &p)
+	})
+	return &p, err
+}
+
+// VerifyAudit reads the whole audit log page by page and checks the chain
+// and the signed head. pub pins the KMS key; nil trusts the key served with
+// the head (then only consistency is proven).
+func (c *Client) VerifyAudit(ctx context.Context, pub ed25519.PublicKey) (*audit.ChainVerifier, audit.Head, error) {
+	var v audit.ChainVerifier
+	var after uint64
+	for {
+		p, err := c.AuditPage(ctx, after)
+		if err != nil {
+			return &v, audit.Head{}, err
+		}
+		if err := v.Add(p.Entries); err != nil {
+			return &v, audit.Head{}, err
+		}
+		if !p.More {
+			h, err := v.Finish(p.Head, pub)
+			return &v, h, err
+		}
+		if len(p.Entries) == 0 {
+			return &v, audit.Head{}, fmt.Errorf("%w: page after %d is empty but says more follow", audit.ErrChain, after)
+		}
+		after = v.Seq()
+	}
+}

@@ -1,0 +1,352 @@
+package kms
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/kms/api"
+	"github.com/fleetbox/fleetbox/kms/audit"
+)
+
+// apiError is a refusal with a stable code.
+type apiError struct {
+	code    string
+	details []string
+}
+
+func refuse(code string, details ...string) *apiError { return &apiError{code: code, details: details} }
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	route := func(method, path string, h http.HandlerFunc) {
+		name := path[1:]
+		mux.Handle(path, s.instrument(name, func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != method {
+				w.Header().Set("Allow", method)
+				writeError(w, refuse(api.CodeMethodNotAllowed, path+" takes "+method))
+				return
+			}
+			h(w, r)
+		}))
+	}
+	route(http.MethodPost, api.PathChallenge, s.handleChallenge)
+	route(http.MethodPost, api.PathGetKey, s.handleGetKey)
+	route(http.MethodPost, api.PathAttest, s.handleAttest)
+	route(http.MethodGet, api.PathHealth, s.handleHealth)
+	route(http.MethodGet, api.PathAudit, s.handleAudit)
+	metricsH := promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})
+	route(http.MethodGet, api.PathMetrics, metricsH.ServeHTTP)
+	mux.Handle("/", s.instrument("other", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, refuse(api.CodeNotFound, "no such endpoint: "+r.URL.Path))
+	}))
+	return mux
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) instrument(endpoint string, h http.HandlerFunc) http.Handler {
+	lat := s.m.latency.WithLabelValues(endpoint)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		h(rec, r)
+		lat.Observe(time.Since(start).Seconds())
+		s.m.requests.WithLabelValues(endpoint, strconv.Itoa(rec.status)).Inc()
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"internal_error"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	writeJSON(w, api.Status(e.code), api.Error{Error: e.code, Details: e.details})
+}
+
+// readBody reads at most limit bytes of the request body.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *apiError) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, refuse(api.CodeInvalidRequest, fmt.Sprintf("body exceeds the %d-byte limit", limit))
+		}
+		return nil, refuse(api.CodeInvalidRequest, "reading body: "+err.Error())
+	}
+	return body, nil
+}
+
+func shapeRefusal(err error) *apiError { return refuse(api.CodeInvalidRequest, err.Error()) }
+
+func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) {
+	body, aerr := readBody(w, r, api.MaxChallengeBody)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	req, err := api.DecodeChallengeRequest(body)
+	if err != nil {
+		writeError(w, shapeRefusal(err))
+		return
+	}
+	id, nonce, exp, err := s.ch.issue(req.PeerID)
+	if err != nil {
+		if errors.Is(err, ErrTooManyChallenges) {
+			s.m.challengesFull.Inc()
+			writeError(w, refuse(api.CodeTooManyChallenges, fmt.Sprintf("%d challenges are pending; retry later", s.cfg.MaxPendingChallenges)))
+			return
+		}
+		s.log.Error("issuing challenge", "err", err)
+		writeError(w, refuse(api.CodeInternal))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.ChallengeResponse{
+		ChallengeID: id, NonceB64: base64.StdEncoding.EncodeToString(nonce[:]), ExpiresAt: exp.UTC(),
+	})
+}
+
+func (s *Server) handleGetKey(w http.ResponseWriter, r *http.Request) {
+	resp, ev, aerr := s.release(r.Context(), w, r)
+	ev.Time = s.cfg.Now().UTC()
+	ev.Profile = s.cfg.Profile
+	if aerr != nil {
+		ev.Decision, ev.Reason, ev.Details = audit.Denied, aerr.code, capDetails(aerr.details)
+	} else {
+		ev.Decision = audit.Granted
+	}
+	// The decision is on disk before the response leaves; if it cannot be
+	// recorded, no key leaves either.
+	seq, err := s.audit.Append(r.Context(), ev)
+	if err != nil {
+		s.log.Error("audit append failed; refusing", "peer", ev.PeerID, "err", err)
+		s.m.denials.WithLabelValues(api.CodeInternal).Inc()
+		writeError(w, refuse(api.CodeInternal, "the decision could not be recorded in the audit log"))
+		return
+	}
+	if aerr != nil {
+		s.m.denials.WithLabelValues(aerr.code).Inc()
+		s.log.Info("key denied", "peer", ev.PeerID, "reason", aerr.code, "quoteHash", ev.QuoteHash, "auditSeq", seq)
+		writeError(w, aerr)
+		return
+	}
+	mode := "plain"
+	if ev.Sealed {
+		mode = "sealed"
+	}
+	s.m.grants.WithLabelValues(mode).Inc()
+	s.log.Debug("key granted", "peer", ev.PeerID, "quoteHash", ev.QuoteHash, "sealed", ev.Sealed, "auditSeq", seq)
+	resp.AuditSeq = seq
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// capDetails bounds what a denial records.
+func capDetails(d []string) []string {
+	const maxN, maxLen = 8, 300
+	if len(d) > maxN {
+		d = d[:maxN]
+	}
+	out := make([]string, len(d))
+	for i, s := range d {
+		if len(s) > maxLen {
+			s = s[:maxLen] + "…"
+		}
+		out[i] = s
+	}
+	return out
+}
+
+// release runs the /get-key checks in order, stopping at the first failure:
+// shape, policy loaded, challenge, key/peer/signature, quote, binding,
+// policy; then derives (and seals) the key. ev collects what the audit
+// record says.
+func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Request) (resp *api.GetKeyResponse, ev audit.Event, aerr *apiError) {
+	body, aerr := readBody(w, r, api.MaxGetKeyBody)
+	if aerr != nil {
+		return nil, ev, aerr
+	}
+	req, err := api.DecodeGetKeyRequest(body)
+	if err != nil {
+		return nil, ev, shapeRefusal(err)
+	}
+	ev.PeerID = req.PeerIDText
+	ev.Sealed = req.SealTo != nil
+
+	// The policy in force when the request arrived judges it, even if a
+	// reload lands meanwhile. Without one nothing is consumed: retry later.
+	pol := s.policy.Load()
+	if pol == nil {
+		return nil, ev, refuse(api.CodePolicyNotReady, "the KMS has no valid admission policy loaded")
+	}
+
+	// Consumed whatever happens next: a refused request cannot be retried
+	// with the same challenge.
+	nonce, err := s.ch.consume(req.ChallengeID, req.PeerIDText)
+	if err != nil {
+		return nil, ev, refuse(api.CodeInvalidChallenge, err.Error())
+	}
+
+	derived, err := peerIDOf(req)
+	if err != nil {
+		return nil, ev, refuse(api.CodeInvalidSignature, err.Error())
+	}
+	if derived != req.PeerID {
+		return nil, ev, refuse(api.CodeInvalidSignature, "peerPublicKeyB64 derives peer "+derived.String()+", not "+req.PeerIDText)
+	}
+	q, err := attest.ParseQuote(req.Quote)
+	if err != nil {
+		return nil, ev, refuse(api.CodeAttestationInvalid, err.Error())
+	}
+	ev.QuoteHash = q.Hash.String()
+	msg := api.SigningMessage(req.ChallengeID, nonce, req.PeerIDText, q.Hash, req.SealTo)
+	if ok, err := req.PublicKey.Verify(msg, req.Signature); err != nil || !ok {
+		return nil, ev, refuse(api.CodeInvalidSignature, "signatureB64 does not verify over the canonical request with peerPublicKeyB64")
+	}
+
+	verdict, err := s.cfg.Verifier.VerifyQuoteAt(ctx, q, s.cfg.Now())
+	if err != nil {
+		if errors.Is(err, attest.ErrCollateralExpired) {
+			s.log.Error("collateral is stale; refusing key releases until it is refreshed", "err", err)
+			return nil, ev, refuse(api.CodeCollateralUnavailable, err.Error())
+		}
+		return nil, ev, refuse(api.CodeAttestationInvalid, err.Error())
+	}
+	ev.MRTD = q.MRTD.String()
+	ev.RTMR = []string{q.RTMR[0].String(), q.RTMR[1].String(), q.RTMR[2].String(), q.RTMR[3].String()}
+	ev.TcbStatus = string(verdict.TcbStatus)
+	ev.Mock = verdict.Mock
+
+	if err := attest.CheckBinding(q.ReportData, nonce, api.BindingFor(req.PeerIDText, req.SealTo)); err != nil {
+		want := "nonce || SHA-256(peerId)"
+		if req.SealTo != nil {
+			want = "nonce || SHA-256(peerId || sealTo)"
+		}
+		return nil, ev, refuse(api.CodeReportDataMismatch, "quote report_data is not "+want)
+	}
+
+	if err := pol.Evaluate(verdict); err != nil {
+		var details []string
+		for _, v := range attest.Violations(err) {
+			details = append(details, v.Message)
+		}
+		if len(details) == 0 {
+			details = []string{err.Error()}
+		}
+		return nil, ev, refuse(api.CodePolicyRejected, details...)
+	}
+
+	key, err := s.cfg.RootSecret.DeriveKey(s.cfg.Profile, req.PeerIDText)
+	if err != nil {
+		s.log.Error("deriving key", "err", err)
+		return nil, ev, refuse(api.CodeInternal)
+	}
+	defer clear(key[:])
+	resp = &api.GetKeyResponse{Profile: s.cfg.Profile}
+	if req.SealTo != nil {
+		ct, err := key.Seal(req.SealTo, s.cfg.Profile, req.PeerIDText)
+		if err != nil {
+			return nil, ev, refuse(api.CodeInvalidRequest, err.Error())
+		}
+		resp.SealedKeyB64 = base64.StdEncoding.EncodeToString(ct)
+	} else {
+		resp.Key = hex.EncodeToString(key[:])
+	}
+	return resp, ev, nil
+}
+
+func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
+	body, aerr := readBody(w, r, api.MaxAttestBody)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	nonce, err := api.DecodeAttestRequest(body)
+	if err != nil {
+		writeError(w, shapeRefusal(err))
+		return
+	}
+	pub := s.PublicKey()
+	quote, err := s.source.GetQuote(r.Context(), attest.BindPublicKey(nonce, pub))
+	if err != nil {
+		s.log.Error("getting the KMS's own quote", "source", s.source.Kind(), "err", err)
+		writeError(w, refuse(api.CodeInternal, "the KMS could not get its own quote"))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.AttestResponse{
+		QuoteB64:     base64.StdEncoding.EncodeToString(quote),
+		PublicKeyB64: base64.StdEncoding.EncodeToString(pub),
+		Mock:         attest.IsMockQuote(quote),
+		Source:       s.source.Kind(),
+	})
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, api.Health{
+		Status:            "ok",
+		PolicyReady:       s.policy.Load() != nil,
+		Profile:           s.cfg.Profile,
+		AuditSeq:          s.audit.Head().Seq,
+		PendingChallenges: s.ch.count(),
+	})
+}
+
+func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var after uint64
+	limit := audit.MaxPage
+	var err error
+	if v := q.Get("after"); v != "" {
+		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
+			writeError(w, refuse(api.CodeInvalidRequest, "after must be a record number"))
+			return
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > audit.MaxPage {
+			writeError(w, refuse(api.CodeInvalidRequest, fmt.Sprintf("limit must be 1..%d", audit.MaxPage)))
+			return
+		}
+	}
+	p, err := s.audit.Entries(after, limit)
+	if err != nil {
+		s.log.Error("reading audit log", "err", err)
+		writeError(w, refuse(api.CodeInternal))
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+// peerIDOf derives the libp2p peer ID of the request's public key.
+func peerIDOf(req *api.GetKey) (peer.ID, error) {
+	id, err := peer.IDFromPublicKey(req.PublicKey)
+	if err != nil {
+		return "", fmt.Errorf("deriving peer ID from peerPublicKeyB64: %w", err)
+	}
+	return id, nil
+}
