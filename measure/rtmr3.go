@@ -80,7 +80,7 @@ func RuntimeLogEvents(events []RuntimeEvent) []eventlog.Event {
 	out := make([]eventlog.Event, len(events))
 	for i, e := range events {
 		out[i] = eventlog.Event{
-			Seq: i, RTMR: 3, Type: RuntimeEventType, Digest: e.Digest(),
+			Seq: i, RTMR: 3, PCR: -1, Type: RuntimeEventType, Digest: e.Digest(),
 			Data: e.Payload, Name: e.Name, Payload: e.Payload,
 			Source: "fleetbox appliance runtime event (measure.BootEvents)",
 		}

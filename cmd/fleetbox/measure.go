@@ -24,7 +24,7 @@ const measureUsage = `measure: want a subcommand
   fleetbox measure eventlog --log FILE [--quote FILE] [--expect FILE] [--json]
   fleetbox measure boot --uki FILE [--bootloader FILE] [--cmdline TEXT] [--disk FILE]
                         [--rtmr0-log FILE] [--stub-measures auto|yes|no] [--kernel-measures auto|yes|no]
-                        [--kernel-image-measured] [--log-out FILE] [--json]
+                        [--no-kernel-image] [--log-out FILE] [--json]
   fleetbox measure rtmr3 --profile NAME --config FILE [--log-out FILE] [--json]
   fleetbox measure image [--firmware FILE] [--out FILE] [--rtmr0 HEX]... [--rtmr0-quote FILE]... [--rtmr0-log FILE]... DIR`
 
@@ -318,7 +318,7 @@ func measureBoot(e *env, args []string) int {
 	var stub, kern measureTri
 	fs.Var(&stub, "stub-measures", "systemd-stub measures into RTMRs: auto (version >= 255), yes, no")
 	fs.Var(&kern, "kernel-measures", "the kernel EFI stub measures into RTMRs: auto (version >= 6.9), yes, no")
-	kimg := fs.Bool("kernel-image-measured", false, "the firmware measures the kernel systemd-stub loads")
+	noKimg := fs.Bool("no-kernel-image", false, "predict no firmware measurement of the kernel systemd-stub loads (Secure Boot override)")
 	logOut := fs.String("log-out", "", "write the predicted events as a JSON event log")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
@@ -327,7 +327,7 @@ func measureBoot(e *env, args []string) int {
 	if *ukiPath == "" || fs.NArg() != 0 {
 		return usageErr(e, "measure boot: want --uki FILE")
 	}
-	in := &uki.Input{StubMeasuresCC: stub.v, KernelMeasuresCC: kern.v, KernelImageMeasured: *kimg}
+	in := &uki.Input{StubMeasuresCC: stub.v, KernelMeasuresCC: kern.v, KernelImageNotMeasured: *noKimg}
 	var err error
 	if in.UKI, err = os.ReadFile(*ukiPath); err != nil {
 		return usageErr(e, "measure boot: %v", err)

@@ -75,7 +75,33 @@ func (r *reader) bytes(n int) ([]byte, error) {
 
 // ParseCCEL parses a binary TCG2 crypto-agile CC event log. Trailing padding
 // (the unused part of the ACPI CCEL area, 0x00 or 0xff) ends the log.
-func ParseCCEL(b []byte) (*Log, error) {
+func ParseCCEL(b []byte) (*Log, error) { return parseTCG2(b, false) }
+
+// ParseTPMLog parses a TCG2 crypto-agile log indexed by TPM PCR (a vTPM's
+// binary_bios_measurements) and maps each PCR to the RTMR the TDX firmware
+// uses for it (UEFI 2.10 section 38.4.1: PCR 0,1,7 -> RTMR0; 2-6 -> RTMR1;
+// 8-15 -> RTMR2); Event.PCR keeps the PCR. Events in other PCRs are
+// dropped. The log must carry SHA-384 digests. It lets a boot on a vTPM
+// (no TDX needed) be compared with a prediction per PCR; the registers
+// themselves differ from a TD's, since a TPM firmware logs one separator
+// per PCR where TDX firmware logs one per RTMR.
+func ParseTPMLog(b []byte) (*Log, error) { return parseTCG2(b, true) }
+
+// PCRToRTMR maps a PCR index to the RTMR TDX firmware extends instead
+// (UEFI 2.10 section 38.4.1; edk2 TdTcg2Dxe MapPcrToMrIndex), or -1.
+func PCRToRTMR(pcr int) int {
+	switch {
+	case pcr == 0 || pcr == 1 || pcr == 7:
+		return 0
+	case pcr >= 2 && pcr <= 6:
+		return 1
+	case pcr >= 8 && pcr <= 15:
+		return 2
+	}
+	return -1
+}
+
+func parseTCG2(b []byte, pcrIndexed bool) (*Log, error) {
 	if len(b) > MaxLogSize {
 		return nil, &FormatError{-1, fmt.Sprintf("log of %d bytes exceeds the %d-byte limit", len(b), MaxLogSize)}
 	}
@@ -88,6 +114,9 @@ func ParseCCEL(b []byte) (*Log, error) {
 		return nil, ErrNoSHA384
 	}
 	log := &Log{Format: "ccel"}
+	if pcrIndexed {
+		log.Format = "tpm"
+	}
 	for seq := 1; r.off < len(b); seq++ {
 		if isPadding(b[r.off:]) {
 			break
@@ -151,16 +180,22 @@ func ParseCCEL(b []byte) (*Log, error) {
 		if !found {
 			return nil, &FormatError{start, fmt.Sprintf("event %d: no SHA-384 digest", seq)}
 		}
-		if mr < 1 || mr > Registers {
-			return nil, &FormatError{start, fmt.Sprintf("event %d (%s): CC MR index %d is not an RTMR (1..4)", seq, TypeName(typ), mr)}
+		ev := Event{Seq: seq, Type: typ, Digest: d, Data: bytes.Clone(data), PCR: -1}
+		if pcrIndexed {
+			if mr > 23 {
+				return nil, &FormatError{start, fmt.Sprintf("event %d (%s): PCR %d out of range", seq, TypeName(typ), mr)}
+			}
+			ev.PCR = int(mr)
+			if ev.RTMR = PCRToRTMR(ev.PCR); ev.RTMR < 0 {
+				continue
+			}
+		} else {
+			if mr < 1 || mr > Registers {
+				return nil, &FormatError{start, fmt.Sprintf("event %d (%s): CC MR index %d is not an RTMR (1..4)", seq, TypeName(typ), mr)}
+			}
+			ev.RTMR = int(mr) - 1
 		}
-		log.Events = append(log.Events, Event{
-			Seq:    seq,
-			RTMR:   int(mr) - 1,
-			Type:   typ,
-			Digest: d,
-			Data:   bytes.Clone(data),
-		})
+		log.Events = append(log.Events, ev)
 	}
 	return log, nil
 }

@@ -111,6 +111,9 @@ type Event struct {
 	Seq int
 	// RTMR is the register the event extends, 0..3 (CC MR index - 1).
 	RTMR int
+	// PCR is the TPM PCR the event belongs to when known (a vTPM log or a
+	// prediction), -1 otherwise (a CC log records only the RTMR).
+	PCR  int
 	Type uint32
 	// Digest is the SHA-384 extended into the register.
 	Digest Digest

@@ -73,7 +73,7 @@ func ParseJSON(b []byte) (*Log, error) {
 		if *je.EventType == EvNoAction {
 			continue // informational, never extended
 		}
-		e := Event{Seq: i, RTMR: *je.IMR, Type: *je.EventType, Data: payload}
+		e := Event{Seq: i, RTMR: *je.IMR, PCR: -1, Type: *je.EventType, Data: payload}
 		if e.Type == EvRuntime {
 			e.Name = je.Event
 			e.Payload = payload

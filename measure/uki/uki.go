@@ -189,28 +189,29 @@ type Input struct {
 	// disk. Nil means the boot disk is not GPT (or not given) and no event
 	// is predicted; Notes say so.
 	GPTEvent []byte
-	// Cmdline, if set, is the command line the boot loader passes to the UKI
-	// (a loader entry's "options"); nil means none, so the UKI's embedded
-	// .cmdline applies.
+	// Cmdline, if set, is the command line a loader entry passes to the UKI
+	// instead of the UKI's own .cmdline (which systemd-boot otherwise
+	// passes); nil means the UKI's .cmdline.
 	Cmdline *string
-	// StubMeasuresCC says whether systemd-stub measures into the TDX RTMRs
-	// (through EFI_CC_MEASUREMENT_PROTOCOL, systemd 255 and later). Nil:
-	// decided from the stub's version.
+	// StubMeasuresCC says whether systemd-stub and systemd-boot measure
+	// into the TDX RTMRs (EFI_CC_MEASUREMENT_PROTOCOL, systemd 255 and
+	// later). Nil: decided from the stub's version.
 	StubMeasuresCC *bool
 	// KernelMeasuresCC says whether the Linux EFI stub measures its load
 	// options and initrd into RTMR2 (EFI_CC_MEASUREMENT_PROTOCOL support in
 	// libstub, Linux 6.9 and later). Nil: decided from the kernel version.
 	KernelMeasuresCC *bool
-	// KernelImageMeasured says the firmware measures the kernel when
-	// systemd-stub loads it with LoadImage. systemd-stub installs a security
-	// override for that buffer, which bypasses the firmware's Security2
-	// handlers (including the measuring one), so the default is false.
-	KernelImageMeasured bool
+	// KernelImageNotMeasured drops the firmware's measurement of the kernel
+	// that systemd-stub loads with LoadImage. The zero value predicts it,
+	// as a real OVMF boot of systemd 252 without Secure Boot shows; with
+	// Secure Boot enforced the stub's security override may bypass it.
+	KernelImageNotMeasured bool
 }
 
 // Prediction is the predicted RTMR1 and RTMR2 and the events behind them.
 type Prediction struct {
-	// Events are RTMR1 and RTMR2 events in the order they occur.
+	// Events are RTMR1 and RTMR2 events in the order they occur, each with
+	// the PCR a TPM firmware would use for it.
 	Events []eventlog.Event
 	RTMR1  attest.RTMR
 	RTMR2  attest.RTMR
@@ -219,8 +220,8 @@ type Prediction struct {
 
 	BootloaderAuthenticode *pe.Digest // nil without a bootloader
 	UKIAuthenticode        pe.Digest
-	// KernelAuthenticode is the embedded kernel's Authenticode SHA-384;
-	// computed only when Input.KernelImageMeasured asks for its event.
+	// KernelAuthenticode is the embedded kernel's Authenticode SHA-384,
+	// nil when its event is not predicted.
 	KernelAuthenticode *pe.Digest
 	StubVersion        int
 	BootloaderVersion  int
@@ -231,6 +232,18 @@ type Prediction struct {
 }
 
 // Predict computes the events and registers for a boot of the inputs.
+//
+// The sequence (PCR in brackets, RTMR by the TDX mapping) is the one a real
+// OVMF boot of Debian's systemd-boot 252, a UKI and kernel 6.1 logs on a
+// vTPM (see TestLiveBootMatchesPrediction), with TDX firmware's single
+// separator per RTMR as the real CC logs in the shared test data show:
+//
+//	RTMR1: "Calling EFI Application from Boot Option" [4], separator,
+//	       GPT [5], systemd-boot [4], UKI [4], kernel [4],
+//	       "Exit Boot Services Invocation" [5], "... Returned with Success" [5]
+//	RTMR2: load options by systemd-boot [12], UKI sections [11], load
+//	       options by systemd-stub [12]   (only if they measure into RTMRs)
+//	       load options [9], initrd [9]   (only if the kernel does)
 func Predict(in *Input) (*Prediction, error) {
 	u, err := Open(in.UKI)
 	if err != nil {
@@ -248,33 +261,10 @@ func Predict(in *Input) (*Prediction, error) {
 	}
 	secDigests := sectionDigests(u)
 	p.PCR11 = pcr11(secDigests)
-	add := func(rtmr int, typ uint32, d eventlog.Digest, data []byte, source string) {
-		p.Events = append(p.Events, eventlog.Event{Seq: len(p.Events), RTMR: rtmr, Type: typ, Digest: d, Data: data, Source: source})
-	}
-	action := func(s, source string) {
-		add(1, eventlog.EvEFIAction, sha512.Sum384([]byte(s)), []byte(s), source)
-	}
-	image := func(d pe.Digest, size int, source string) {
-		// UEFI_IMAGE_LOAD_EVENT; only the length is known ahead of time, so
-		// the data here carries the length field alone.
-		data := make([]byte, 32)
-		binary.LittleEndian.PutUint64(data[8:], uint64(size))
-		add(1, eventlog.EvEFIBootServicesApplication, eventlog.Digest(d), data, source)
-	}
 
-	action(ActionCallingEFIApp, "edk2 TdTcg2Dxe OnReadyToBoot, PCR4; TCG PFP 10.4.4")
-	add(1, eventlog.EvSeparator, sha512.Sum384([]byte{0, 0, 0, 0}), []byte{0, 0, 0, 0},
-		"edk2 TdTcg2Dxe OnReadyToBoot separator for RTMR1 (PCR 2-6); TCG PFP 3.3.2.2")
-	if in.GPTEvent != nil {
-		add(1, eventlog.EvEFIGPTEvent, sha512.Sum384(in.GPTEvent), in.GPTEvent,
-			"edk2 DxeTpm2MeasureBootLib Tcg2MeasureGptTable, PCR5; TCG PFP 10.4.5 UEFI_GPT_DATA")
-	} else {
-		p.Notes = append(p.Notes, "no GPT event: booting from a GPT disk adds one to RTMR1 before the first image; pass the disk image to include it")
-	}
-	first := "edk2 DxeTpm2MeasureBootLib, PCR4 EV_EFI_BOOT_SERVICES_APPLICATION; TCG PFP 10.4.3"
+	var bf *pe.File
 	if in.Bootloader != nil {
-		bf, err := pe.Parse(in.Bootloader)
-		if err != nil {
+		if bf, err = pe.Parse(in.Bootloader); err != nil {
 			return nil, fmt.Errorf("parsing the bootloader: %w", err)
 		}
 		d, err := bf.AuthenticodeSHA384()
@@ -283,23 +273,14 @@ func Predict(in *Input) (*Prediction, error) {
 		}
 		p.BootloaderAuthenticode = &d
 		p.BootloaderVersion = BootloaderVersion(bf)
-		image(d, len(in.Bootloader), "systemd-boot, loaded from the ESP by the boot manager: "+first)
-		image(u.Authenticode, len(in.UKI), "UKI, loaded by systemd-boot with LoadImage: "+first)
-		p.Notes = append(p.Notes, "systemd-boot's loader.conf and entries are not measured: disable the editor (editor no) so the console cannot change the command line")
-	} else {
-		image(u.Authenticode, len(in.UKI), "UKI, loaded as the boot option: "+first)
 	}
-	if in.KernelImageMeasured {
+	if !in.KernelImageNotMeasured {
 		kd, err := kf.AuthenticodeSHA384()
 		if err != nil {
 			return nil, fmt.Errorf("hashing the kernel: %w", err)
 		}
 		p.KernelAuthenticode = &kd
-		image(kd, len(kernel), "kernel from .linux, loaded by systemd-stub with LoadImage: "+first)
-	} else {
-		p.Notes = append(p.Notes, "the kernel systemd-stub loads is not measured by the firmware (the stub's security override bypasses the measuring handler); the UKI digest in RTMR1 covers it")
 	}
-
 	stubCC := u.StubVersion >= 255
 	if in.StubMeasuresCC != nil {
 		stubCC = *in.StubMeasuresCC
@@ -312,40 +293,87 @@ func Predict(in *Input) (*Prediction, error) {
 	if in.Cmdline != nil {
 		cmdline = *in.Cmdline
 	}
+	// The load options the UKI receives: systemd-boot passes the entry's
+	// options, for a UKI its .cmdline; without a boot loader, none.
+	var opts []byte
+	if (in.Bootloader != nil || in.Cmdline != nil) && cmdline != "" {
+		opts = utf16z(cmdline)
+	}
+
+	add := func(pcr int, typ uint32, d eventlog.Digest, data []byte, source string) {
+		p.Events = append(p.Events, eventlog.Event{Seq: len(p.Events), RTMR: eventlog.PCRToRTMR(pcr), PCR: pcr,
+			Type: typ, Digest: d, Data: data, Source: source})
+	}
+	action := func(pcr int, s, source string) {
+		add(pcr, eventlog.EvEFIAction, sha512.Sum384([]byte(s)), []byte(s), source)
+	}
+	image := func(d pe.Digest, size int, source string) {
+		// UEFI_IMAGE_LOAD_EVENT; only the length is known ahead of time, so
+		// the data here carries the length field alone.
+		data := make([]byte, 32)
+		binary.LittleEndian.PutUint64(data[8:], uint64(size))
+		add(4, eventlog.EvEFIBootServicesApplication, eventlog.Digest(d), data, source)
+	}
+	const bsa = "edk2 DxeTpm2MeasureBootLib, EV_EFI_BOOT_SERVICES_APPLICATION; TCG PFP 10.4.3"
+
+	action(4, ActionCallingEFIApp, "edk2 TdTcg2Dxe OnReadyToBoot; TCG PFP 10.4.4")
+	add(4, eventlog.EvSeparator, sha512.Sum384([]byte{0, 0, 0, 0}), []byte{0, 0, 0, 0},
+		"edk2 TdTcg2Dxe OnReadyToBoot, one separator per RTMR; TCG PFP 3.3.2.2")
+	if in.GPTEvent != nil {
+		add(5, eventlog.EvEFIGPTEvent, sha512.Sum384(in.GPTEvent), in.GPTEvent,
+			"edk2 DxeTpm2MeasureBootLib Tcg2MeasureGptTable; TCG PFP 10.4.5 UEFI_GPT_DATA")
+	} else {
+		p.Notes = append(p.Notes, "no GPT event: booting from a GPT disk adds one to RTMR1 before the first image; pass the disk image to include it")
+	}
+	if bf != nil {
+		image(*p.BootloaderAuthenticode, len(in.Bootloader), "systemd-boot, loaded from the ESP by the boot manager: "+bsa)
+		image(u.Authenticode, len(in.UKI), "UKI, loaded by systemd-boot with LoadImage: "+bsa)
+		p.Notes = append(p.Notes, "systemd-boot's loader.conf and entries are not measured: disable the editor (editor no) so the console cannot change the command line")
+	} else {
+		image(u.Authenticode, len(in.UKI), "UKI, loaded as the boot option: "+bsa)
+	}
 	if !verityPinned(cmdline) {
 		p.Notes = append(p.Notes, "the command line pins no dm-verity root hash (roothash=/usrhash=): the root file system, with the fleetbox binary and its configuration, is not covered by any measurement")
 	}
 	if stubCC {
+		if bf != nil && opts != nil {
+			add(12, eventlog.EvIPL, sha512.Sum384(opts), opts, "systemd-boot, load options it passes to the UKI")
+		}
 		for _, sd := range secDigests {
 			nameZ := append([]byte(sd.name), 0)
-			add(2, eventlog.EvIPL, sd.name0, nameZ, "systemd-stub, PCR11 section name "+sd.name+"; systemd UKI specification")
-			add(2, eventlog.EvIPL, sd.data, []byte(sd.name), "systemd-stub, PCR11 section content "+sd.name+"; systemd UKI specification")
+			add(11, eventlog.EvIPL, sd.name0, nameZ, "systemd-stub, section name "+sd.name+"; systemd UKI specification")
+			add(11, eventlog.EvIPL, sd.data, []byte(sd.name), "systemd-stub, section content "+sd.name+"; systemd UKI specification")
 		}
-		if in.Cmdline != nil {
-			opts := utf16z(cmdline)
-			add(2, eventlog.EvIPL, sha512.Sum384(opts), opts, "systemd-stub, PCR12 command line from the boot loader")
+		if opts != nil {
+			add(12, eventlog.EvIPL, sha512.Sum384(opts), opts, "systemd-stub, load options it received")
 		}
 	} else {
-		p.Notes = append(p.Notes, fmt.Sprintf("systemd-stub %d does not measure into RTMRs (needs 255+): UKI sections and command line add nothing to RTMR2", u.StubVersion))
-		if in.Cmdline != nil {
-			p.Notes = append(p.Notes, "WARNING: a command line passed by the boot loader replaces the UKI's .cmdline (without Secure Boot) and is measured nowhere")
-		}
+		p.Notes = append(p.Notes, fmt.Sprintf("systemd-stub %d does not measure into RTMRs (needs 255+): UKI sections and command line add nothing to RTMR2; the UKI digest in RTMR1 covers them", u.StubVersion))
+	}
+	if p.KernelAuthenticode != nil {
+		image(*p.KernelAuthenticode, len(kernel), "kernel from .linux, loaded by systemd-stub with LoadImage: "+bsa)
+	} else {
+		p.Notes = append(p.Notes, "the kernel systemd-stub loads is assumed unmeasured (--no-kernel-image); the UKI digest in RTMR1 covers it")
 	}
 	if kernelCC {
-		opts := utf16z(cmdline)
-		add(2, eventlog.EvEventTag, sha512.Sum384(opts), taggedEvent(tagLoadOptions, "LOADED_IMAGE::LoadOptions\x00"),
-			"Linux EFI stub efi_measure_tagged_event LoadOptions, PCR9")
+		// systemd-stub hands the kernel the command line it uses (the UKI's
+		// .cmdline, or the options it received) as LoadOptions.
+		if cmdline != "" {
+			kopts := utf16z(cmdline)
+			add(9, eventlog.EvEventTag, sha512.Sum384(kopts), taggedEvent(tagLoadOptions, "LOADED_IMAGE::LoadOptions\x00"),
+				"Linux EFI stub efi_measure_tagged_event LoadOptions")
+		}
 		// The initrd systemd-stub hands over through LoadFile2 is the
 		// .initrd section (no credentials or system extensions here).
 		if i := slices.IndexFunc(secDigests, func(d sectionDigest) bool { return d.name == ".initrd" }); i >= 0 {
-			add(2, eventlog.EvEventTag, secDigests[i].data, taggedEvent(tagInitrd, "Linux initrd\x00"),
-				"Linux EFI stub efi_measure_tagged_event initrd (LoadFile2 from systemd-stub), PCR9")
+			add(9, eventlog.EvEventTag, secDigests[i].data, taggedEvent(tagInitrd, "Linux initrd\x00"),
+				"Linux EFI stub efi_measure_tagged_event initrd (LoadFile2 from systemd-stub)")
 		}
 	} else {
 		p.Notes = append(p.Notes, fmt.Sprintf("kernel %q does not measure into RTMRs (EFI CC measurement in libstub needs 6.9+): nothing from the kernel in RTMR2", u.KernelVersion))
 	}
-	action(ActionExitBootServices, "edk2 TdTcg2Dxe OnExitBootServices, PCR5; TCG PFP 10.4.4")
-	action(ActionExitBootServicesOK, "edk2 TdTcg2Dxe OnExitBootServices, PCR5; TCG PFP 10.4.4")
+	action(5, ActionExitBootServices, "edk2 TdTcg2Dxe OnExitBootServices; TCG PFP 10.4.4")
+	action(5, ActionExitBootServicesOK, "edk2 TdTcg2Dxe OnExitBootServices; TCG PFP 10.4.4")
 
 	r := eventlog.Replay(p.Events)
 	p.RTMR1, p.RTMR2 = r[1], r[2]

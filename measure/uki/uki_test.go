@@ -215,7 +215,7 @@ func predictTest(tb testing.TB, mod func(*Input)) *Prediction {
 
 // TestPredictBookworm: Debian bookworm's stub (252) and kernel (6.1) do not
 // measure into RTMRs, so RTMR2 stays zero and RTMR1 holds the firmware's
-// events, the bootloader and the UKI. The expected RTMR1 is replayed here
+// events, the bootloader, the UKI and the kernel the stub loads. The expected RTMR1 is replayed here
 // from digests taken from other sources: the constant events from the real
 // log above, and the Authenticode digests checked against pesign and
 // osslsigncode in measure/pe.
@@ -231,7 +231,7 @@ func TestPredictBookworm(t *testing.T) {
 			t.Errorf("event %d has no source", e.Seq)
 		}
 	}
-	wantTypes := "EV_EFI_ACTION EV_SEPARATOR EV_EFI_BOOT_SERVICES_APPLICATION EV_EFI_BOOT_SERVICES_APPLICATION EV_EFI_ACTION EV_EFI_ACTION"
+	wantTypes := "EV_EFI_ACTION EV_SEPARATOR EV_EFI_BOOT_SERVICES_APPLICATION EV_EFI_BOOT_SERVICES_APPLICATION EV_EFI_BOOT_SERVICES_APPLICATION EV_EFI_ACTION EV_EFI_ACTION"
 	if strings.Join(types, " ") != wantTypes {
 		t.Fatalf("events %v, want %s", types, wantTypes)
 	}
@@ -250,6 +250,7 @@ func TestPredictBookworm(t *testing.T) {
 		hexd("394341b7182cd227c5c6b07ef8000cdfd86136c4292b8e576573ad7ed9ae41019f5818b4b971c9effc60e1ad9f1289f0"),
 		eventlog.Digest(*p.BootloaderAuthenticode),
 		eventlog.Digest(p.UKIAuthenticode),
+		eventlog.Digest(*p.KernelAuthenticode),
 		hexd("214b0bef1379756011344877743fdc2a5382bac6e70362d624ccf3f654407c1b4badf7d8f9295dd3dabdef65b27677e0"),
 		hexd("0a2e01c85deae718a530ad8c6d20a84009babe6c8989269e950d8cf440c6e997695e64d455c4174a652cd080f6230b74"),
 	} {
@@ -261,14 +262,28 @@ func TestPredictBookworm(t *testing.T) {
 }
 
 // TestPredictNewStub: a stub that measures (255+) adds the UKI sections to
-// RTMR2, whose value then equals systemd-measure's PCR 11 computation.
+// RTMR2; those events alone replay to systemd-measure's PCR 11 value, and
+// the load options systemd-boot passes are measured around them.
 func TestPredictNewStub(t *testing.T) {
 	yes := true
 	p := predictTest(t, func(in *Input) { in.StubMeasuresCC = &yes })
-	if p.RTMR2 != p.PCR11 {
-		t.Errorf("rtmr2 %s, pcr11 %s", p.RTMR2, p.PCR11)
+	var sections, pcr12 []eventlog.Event
+	for _, e := range p.Events {
+		switch e.PCR {
+		case 11:
+			sections = append(sections, e)
+		case 12:
+			pcr12 = append(pcr12, e)
+		}
 	}
-	// A command line from the boot loader is measured after the sections.
+	if r := eventlog.Replay(sections); r[2] != p.PCR11 {
+		t.Errorf("section events replay to %s, pcr11 %s", r[2], p.PCR11)
+	}
+	want := sha512.Sum384(utf16z("console=ttyS0 systemd.firstboot=off"))
+	if len(pcr12) != 2 || pcr12[0].Digest != want || pcr12[1].Digest != want {
+		t.Errorf("load-options events %v", pcr12)
+	}
+	// A command line from a loader entry replaces the UKI's.
 	cl := "console=ttyS0 evil=1"
 	p2 := predictTest(t, func(in *Input) { in.StubMeasuresCC = &yes; in.Cmdline = &cl })
 	if p2.RTMR2 == p.RTMR2 {
