@@ -21,7 +21,7 @@ import (
 const measureUsage = `measure: want a subcommand
 
   fleetbox measure mrtd --firmware FILE [--order single-pass|two-pass|all-regions] [--td-hob FILE] [--json]
-  fleetbox measure eventlog --log FILE [--quote FILE] [--expect FILE] [--json]
+  fleetbox measure eventlog --log FILE [--tpm] [--quote FILE] [--expect FILE] [--json]
   fleetbox measure boot --uki FILE [--bootloader FILE] [--cmdline TEXT] [--disk FILE]
                         [--rtmr0-log FILE] [--stub-measures auto|yes|no] [--kernel-measures auto|yes|no]
                         [--no-kernel-image] [--log-out FILE] [--json]
@@ -169,12 +169,20 @@ func measureMRTD(e *env, args []string) int {
 	return exitOK
 }
 
-func measureReadLog(path string) (*eventlog.Log, error) {
+func measureReadLog(path string) (*eventlog.Log, error) { return measureReadLogAs(path, false) }
+
+// measureReadLogAs reads a CCEL or JSON log, or with tpm a vTPM's
+// PCR-indexed TCG2 log (mapped to RTMRs).
+func measureReadLogAs(path string, tpm bool) (*eventlog.Log, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	l, err := eventlog.Parse(b)
+	parse := eventlog.Parse
+	if tpm {
+		parse = eventlog.ParseTPMLog
+	}
+	l, err := parse(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -187,6 +195,7 @@ func measureEventlog(e *env, args []string) int {
 	logPath := fs.String("log", "", "event log: binary CCEL or dstack JSON")
 	quotePath := fs.String("quote", "", "quote to compare the replay with")
 	expectPath := fs.String("expect", "", "expected events (JSON log, e.g. from measure boot --log-out or a reference boot) to diff against")
+	tpm := fs.Bool("tpm", false, "the log is a vTPM's PCR-indexed TCG2 log (binary_bios_measurements), mapped to RTMRs")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -194,7 +203,7 @@ func measureEventlog(e *env, args []string) int {
 	if *logPath == "" || fs.NArg() != 0 {
 		return usageErr(e, "measure eventlog: want --log FILE")
 	}
-	l, err := measureReadLog(*logPath)
+	l, err := measureReadLogAs(*logPath, *tpm)
 	if err != nil {
 		return usageErr(e, "measure eventlog: %v", err)
 	}

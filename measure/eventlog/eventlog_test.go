@@ -361,8 +361,18 @@ func FuzzParseCCEL(f *testing.F) {
 			f.Add(b)
 		}
 	}
+	if b, err := os.ReadFile("testdata/ovmf-vtpm-boot.bin"); err == nil {
+		f.Add(b)
+	}
 	f.Add(specIDEvent(map[uint16]uint16{algSHA384: 48}))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if l, err := ParseTPMLog(b); err == nil {
+			for _, e := range l.Events {
+				if e.RTMR != PCRToRTMR(e.PCR) || e.RTMR < 0 {
+					t.Fatalf("pcr %d mapped to rtmr %d", e.PCR, e.RTMR)
+				}
+			}
+		}
 		l, err := ParseCCEL(b)
 		if err != nil {
 			return
@@ -419,5 +429,38 @@ func TestMarshalJSONRoundTrip(t *testing.T) {
 	}
 	if l.Replay() != l2.Replay() || len(l2.Events) != len(l.Events) {
 		t.Fatal("round trip changed the log")
+	}
+}
+
+// TestParseTPMLogReal reads a real vTPM log (testdata/README.md) and maps
+// its PCRs to RTMRs the TDX way.
+func TestParseTPMLogReal(t *testing.T) {
+	b := readFile(t, "testdata/ovmf-vtpm-boot.bin")
+	l, err := ParseTPMLog(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perPCR := map[int]int{}
+	seps := 0
+	for _, e := range l.Events {
+		perPCR[e.PCR]++
+		if e.RTMR != PCRToRTMR(e.PCR) {
+			t.Errorf("event %d: pcr %d -> rtmr %d", e.Seq, e.PCR, e.RTMR)
+		}
+		if e.Type == EvSeparator {
+			seps++
+		}
+	}
+	// TPM firmware: one separator for each of PCR 0-7.
+	if seps != 8 || perPCR[11] != 8 || perPCR[9] != 2 {
+		t.Errorf("separators %d, per PCR %v", seps, perPCR)
+	}
+	if issues := Check(l.Events); len(issues) != 0 {
+		t.Errorf("self-hashing events disagree: %v", issues)
+	}
+	// The same bytes are not a CC log: PCR 7, 9, 11, 12 are no MR indices.
+	var fe *FormatError
+	if _, err := ParseCCEL(b); !errors.As(err, &fe) {
+		t.Errorf("ParseCCEL on a PCR log: %v", err)
 	}
 }

@@ -9,9 +9,11 @@
 // Secure Boot and boot variables) depends on what the hypervisor builds and
 // is not predicted here: it must come from a reference boot.
 //
-// Every predicted event names its source. The event sequence of RTMR1 was
-// checked against the real OVMF CC event logs in the shared test data (the
-// GCE CCEL of go-tdx-guest for a GPT disk boot, and dstack's).
+// Every predicted event names its source. The sequence was checked event by
+// event against the firmware log of a real boot of Debian's OVMF,
+// systemd-boot 252 and a UKI on a vTPM (TestLiveBootMatchesPrediction), and
+// the separators and constant events against the real TD logs in the shared
+// test data (go-tdx-guest's GCE CCEL, dstack's).
 package uki
 
 import (
