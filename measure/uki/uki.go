@@ -28,6 +28,8 @@ import (
 	"strings"
 	"unicode/utf16"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/measure/eventlog"
 	"github.com/fleetbox/fleetbox/measure/pe"
@@ -95,6 +97,18 @@ var ErrNotUKI = errors.New("uki: image has no .linux section")
 
 // Open parses a UKI.
 func Open(img []byte) (*UKI, error) {
+	u, err := openNoHash(img)
+	if err != nil {
+		return nil, err
+	}
+	if u.Authenticode, err = u.File.AuthenticodeSHA384(); err != nil {
+		return nil, fmt.Errorf("hashing UKI: %w", err)
+	}
+	return u, nil
+}
+
+// openNoHash parses a UKI without computing its Authenticode digest.
+func openNoHash(img []byte) (*UKI, error) {
 	f, err := pe.Parse(img)
 	if err != nil {
 		return nil, fmt.Errorf("parsing UKI: %w", err)
@@ -104,9 +118,6 @@ func Open(img []byte) (*UKI, error) {
 		return nil, ErrNotUKI
 	}
 	u := &UKI{File: f}
-	if u.Authenticode, err = f.AuthenticodeSHA384(); err != nil {
-		return nil, fmt.Errorf("hashing UKI: %w", err)
-	}
 	if s := f.Section(".sdmagic"); s != nil {
 		u.StubVersion = loaderVersion(f.Data(s), "systemd-stub")
 	}
@@ -247,7 +258,7 @@ type Prediction struct {
 //	       options by systemd-stub [12]   (only if they measure into RTMRs)
 //	       load options [9], initrd [9]   (only if the kernel does)
 func Predict(in *Input) (*Prediction, error) {
-	u, err := Open(in.UKI)
+	u, err := openNoHash(in.UKI)
 	if err != nil {
 		return nil, err
 	}
@@ -256,33 +267,54 @@ func Predict(in *Input) (*Prediction, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing the UKI's .linux kernel: %w", err)
 	}
-	p := &Prediction{
-		UKIAuthenticode: u.Authenticode,
-		StubVersion:     u.StubVersion,
-		KernelVersion:   u.KernelVersion,
-	}
-	secDigests := sectionDigests(u)
-	p.PCR11 = pcr11(secDigests)
-
 	var bf *pe.File
 	if in.Bootloader != nil {
 		if bf, err = pe.Parse(in.Bootloader); err != nil {
 			return nil, fmt.Errorf("parsing the bootloader: %w", err)
 		}
-		d, err := bf.AuthenticodeSHA384()
-		if err != nil {
-			return nil, fmt.Errorf("hashing the bootloader: %w", err)
+	}
+	p := &Prediction{StubVersion: u.StubVersion, KernelVersion: u.KernelVersion}
+
+	// The digests are independent and dominate the cost (tens of MB of
+	// SHA-384): compute them concurrently. Every goroutine ends before
+	// Wait returns.
+	var g errgroup.Group
+	var secDigests []sectionDigest
+	g.Go(func() error {
+		var err error
+		if u.Authenticode, err = u.File.AuthenticodeSHA384(); err != nil {
+			return fmt.Errorf("hashing UKI: %w", err)
 		}
-		p.BootloaderAuthenticode = &d
+		return nil
+	})
+	g.Go(func() error { secDigests = sectionDigests(u); return nil })
+	if bf != nil {
+		g.Go(func() error {
+			d, err := bf.AuthenticodeSHA384()
+			if err != nil {
+				return fmt.Errorf("hashing the bootloader: %w", err)
+			}
+			p.BootloaderAuthenticode = &d
+			return nil
+		})
 		p.BootloaderVersion = BootloaderVersion(bf)
 	}
 	if !in.KernelImageNotMeasured {
-		kd, err := kf.AuthenticodeSHA384()
-		if err != nil {
-			return nil, fmt.Errorf("hashing the kernel: %w", err)
-		}
-		p.KernelAuthenticode = &kd
+		g.Go(func() error {
+			kd, err := kf.AuthenticodeSHA384()
+			if err != nil {
+				return fmt.Errorf("hashing the kernel: %w", err)
+			}
+			p.KernelAuthenticode = &kd
+			return nil
+		})
 	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	p.UKIAuthenticode = u.Authenticode
+	p.PCR11 = pcr11(secDigests)
+
 	stubCC := u.StubVersion >= 255
 	if in.StubMeasuresCC != nil {
 		stubCC = *in.StubMeasuresCC
