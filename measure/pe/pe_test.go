@@ -3,6 +3,7 @@ package pe
 import (
 	"bytes"
 	"crypto"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -185,4 +186,41 @@ func FuzzParse(f *testing.F) {
 		}
 		_, _ = p.AuthenticodeSHA384()
 	})
+}
+
+// TestAuthenticodePinned pins the digests of the exact Debian builds used
+// while writing this package; they are also the digests OVMF itself logged
+// when it loaded these files (measure/eventlog/testdata/ovmf-vtpm-boot.bin).
+// Other builds are skipped.
+func TestAuthenticodePinned(t *testing.T) {
+	cases := map[string]struct{ path, sha256, authenticode string }{
+		"systemd-boot 252.39-1~deb12u2": {
+			"/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+			"10288fece5e90ce3ba3e7160f49695b022d648f7ef41774678db8c77774db167",
+			"58ed6f28e9fb7dbb77e69c8f79653f47925412e4b0cc62713d57580891eaf734bde066f82405b23a1aeb388b4838418e",
+		},
+		"kernel 6.1.0-56-amd64 (6.1.192-2, signed)": {
+			"/boot/vmlinuz-6.1.0-56-amd64",
+			"26f2e57c99338feaf71c46fa4babdc7e1a6c115943002d109fdb746667104f5f",
+			"e494e71ba795e8fc3edc1b3cab678c8c8782a6efe14d2d5a25155dc948b53f7d1dab088ff7005b7e6f9b0534738660e2",
+		},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			img, err := os.ReadFile(c.path)
+			if err != nil {
+				t.Skipf("%v", err)
+			}
+			if s := sha256.Sum256(img); hex.EncodeToString(s[:]) != c.sha256 {
+				t.Skipf("%s is another build", c.path)
+			}
+			d, err := AuthenticodeSHA384(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hex.EncodeToString(d[:]) != c.authenticode {
+				t.Errorf("authenticode %x, want %s", d, c.authenticode)
+			}
+		})
+	}
 }
