@@ -73,6 +73,22 @@ type Profile struct {
 	Inputs map[string]Input `json:"inputs"`
 	// Notes are the assumptions behind the values.
 	Notes []string `json:"notes,omitempty"`
+	// Events are the predicted RTMR1-3 events in the JSON event-log form
+	// (eventlog.MarshalJSON), so that `measure eventlog --expect` can name
+	// the events a real boot changed.
+	Events json.RawMessage `json:"events,omitempty"`
+}
+
+// ExpectedEvents returns the profile's predicted events.
+func (p *Profile) ExpectedEvents() ([]eventlog.Event, error) {
+	if len(p.Events) == 0 {
+		return nil, errors.New("measure: profile has no predicted events")
+	}
+	l, err := eventlog.ParseJSON(p.Events)
+	if err != nil {
+		return nil, fmt.Errorf("measure: predicted events: %w", err)
+	}
+	return l.Events, nil
 }
 
 // ImageOptions control MeasureImage.
@@ -240,6 +256,7 @@ func measureProfile(dir, name string, opts *ImageOptions) (*Profile, error) {
 	}
 	p.RTMR1, p.RTMR2 = pred.RTMR1, pred.RTMR2
 	p.Notes = append(p.Notes, pred.Notes...)
+	events := pred.Events
 	cfgPath := filepath.Join(dir, ConfigFile)
 	if cfg, err := os.ReadFile(cfgPath); err == nil {
 		evs, err := BootEvents(name, ConfigHash(cfg))
@@ -248,10 +265,14 @@ func measureProfile(dir, name string, opts *ImageOptions) (*Profile, error) {
 		}
 		r := ReplayRTMR3(evs)
 		p.RTMR3 = &r
+		events = append(events, RuntimeLogEvents(evs)...)
 		p.Inputs["config"] = Input{Path: cfgPath, SHA256: sum(cfg)}
 	} else if errors.Is(err, os.ErrNotExist) {
 		p.Notes = append(p.Notes, "no "+ConfigFile+": rtmr3 not predicted")
 	} else {
+		return nil, err
+	}
+	if p.Events, err = eventlog.MarshalJSON(events); err != nil {
 		return nil, err
 	}
 	return p, nil

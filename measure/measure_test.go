@@ -193,6 +193,15 @@ func TestMeasureImageAndPolicy(t *testing.T) {
 		}
 	}
 
+	// The predicted events replay to the recorded registers.
+	evs2, err := prod.ExpectedEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := eventlog.Replay(evs2); r[1] != prod.RTMR1 || r[2] != prod.RTMR2 || r[3] != *prod.RTMR3 {
+		t.Error("predicted events do not replay to the recorded registers")
+	}
+
 	// measurements.json round trip.
 	b, err := m.Marshal()
 	if err != nil {

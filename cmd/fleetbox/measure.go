@@ -21,7 +21,7 @@ import (
 const measureUsage = `measure: want a subcommand
 
   fleetbox measure mrtd --firmware FILE [--order single-pass|two-pass|all-regions] [--td-hob FILE] [--json]
-  fleetbox measure eventlog --log FILE [--tpm] [--quote FILE] [--expect FILE] [--json]
+  fleetbox measure eventlog --log FILE [--tpm] [--quote FILE] [--expect FILE [--profile NAME]] [--json]
   fleetbox measure boot --uki FILE [--bootloader FILE] [--cmdline TEXT] [--disk FILE]
                         [--rtmr0-log FILE] [--stub-measures auto|yes|no] [--kernel-measures auto|yes|no]
                         [--no-kernel-image] [--log-out FILE] [--json]
@@ -109,6 +109,38 @@ func measureWriteJSON(e *env, v any) int {
 	return exitOK
 }
 
+// measureExpected reads the expected events: a JSON or CCEL log, or a
+// measurements.json, whose profile's predicted events are used.
+func measureExpected(path, profile string) (*eventlog.Log, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	m, merr := measure.ParseMeasurements(b)
+	if merr != nil {
+		l, err := eventlog.Parse(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s is neither an event log (%v) nor measurements.json (%v)", path, err, merr)
+		}
+		return l, nil
+	}
+	if profile == "" {
+		if len(m.Profiles) != 1 {
+			return nil, fmt.Errorf("%s has profiles %v: choose one with --profile", path, m.ProfileNames())
+		}
+		profile = m.ProfileNames()[0]
+	}
+	p, ok := m.Profiles[profile]
+	if !ok {
+		return nil, fmt.Errorf("%s has no profile %q (have %v)", path, profile, m.ProfileNames())
+	}
+	evs, err := p.ExpectedEvents()
+	if err != nil {
+		return nil, err
+	}
+	return &eventlog.Log{Format: "predicted", Events: evs}, nil
+}
+
 func measureMRTD(e *env, args []string) int {
 	fs := flag.NewFlagSet("measure mrtd", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
@@ -194,7 +226,8 @@ func measureEventlog(e *env, args []string) int {
 	fs.SetOutput(e.stderr)
 	logPath := fs.String("log", "", "event log: binary CCEL or dstack JSON")
 	quotePath := fs.String("quote", "", "quote to compare the replay with")
-	expectPath := fs.String("expect", "", "expected events (JSON log, e.g. from measure boot --log-out or a reference boot) to diff against")
+	expectPath := fs.String("expect", "", "expected events to diff against: measurements.json, measure boot --log-out, or a reference boot's log")
+	profile := fs.String("profile", "", "with --expect measurements.json: the image profile to compare with")
 	tpm := fs.Bool("tpm", false, "the log is a vTPM's PCR-indexed TCG2 log (binary_bios_measurements), mapped to RTMRs")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
@@ -210,7 +243,7 @@ func measureEventlog(e *env, args []string) int {
 	code := exitOK
 	var changes []eventlog.Change
 	if *expectPath != "" {
-		want, err := measureReadLog(*expectPath)
+		want, err := measureExpected(*expectPath, *profile)
 		if err != nil {
 			return usageErr(e, "measure eventlog: %v", err)
 		}

@@ -118,6 +118,29 @@ func TestMeasureImageAndPolicy(t *testing.T) {
 		t.Fatalf("measure image: exit %d\n%s", code, errs)
 	}
 	mj := filepath.Join(dir, "measurements.json")
+
+	// A boot whose log equals the prediction matches measurements.json's
+	// events; built here from measure boot and measure rtmr3.
+	bootLog, rtLog := filepath.Join(dir, "boot.json"), filepath.Join(dir, "rt.json")
+	if code, _, errs := runMeasureCLI(t, "measure", "boot", "--uki", filepath.Join(prod, "fleetbox.efi"), "--log-out", bootLog); code != exitOK {
+		t.Fatalf("measure boot: %s", errs)
+	}
+	if code, _, errs := runMeasureCLI(t, "measure", "rtmr3", "--profile", "prod", "--config", filepath.Join(prod, "fleetbox.conf"), "--log-out", rtLog); code != exitOK {
+		t.Fatalf("measure rtmr3: %s", errs)
+	}
+	var all []map[string]any
+	for _, p := range []string{bootLog, rtLog} {
+		var part []map[string]any
+		b, _ := os.ReadFile(p)
+		json.Unmarshal(b, &part)
+		all = append(all, part...)
+	}
+	full, _ := json.Marshal(all)
+	fullLog := filepath.Join(dir, "full.json")
+	os.WriteFile(fullLog, full, 0o644)
+	if code, out, errs := runMeasureCLI(t, "measure", "eventlog", "--log", fullLog, "--expect", mj, "--profile", "prod"); code != exitOK || !strings.Contains(out, "events match") {
+		t.Fatalf("against measurements.json: exit %d\n%s%s", code, out, errs)
+	}
 	adm, kms := filepath.Join(dir, "adm.json"), filepath.Join(dir, "kms.json")
 	if code, _, errs := runMeasureCLI(t, "policy", "from-measurements", mj, "--out", adm, "--kms-out", kms); code != exitUsage || !strings.Contains(errs, "rtmr0") {
 		t.Fatalf("no rtmr0: exit %d %s", code, errs)
