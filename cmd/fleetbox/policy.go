@@ -110,6 +110,11 @@ func policyFromMeasurements(e *env, args []string) int {
 	for _, w := range waive {
 		fmt.Fprintf(e.stderr, "fleetbox: warning: %s is waived: any value is admitted\n", w)
 	}
+	if len(profiles) > 1 {
+		// A policy lists allowed values per register, so it cannot tie the
+		// values of one profile together.
+		fmt.Fprintf(e.stderr, "fleetbox: warning: %d profiles in one policy: each register is checked on its own, so a mix of their values (say one profile's boot chain with another's RTMR3) is admitted too\n", len(profiles))
+	}
 	doc, err := pol.Marshal()
 	if err != nil {
 		return usageErr(e, "policy from-measurements: %v", err)
