@@ -131,11 +131,9 @@ func MeasureImage(dir string, opts *ImageOptions) (*Measurements, error) {
 	if err != nil {
 		return nil, fmt.Errorf("firmware %s: %w", opts.Firmware, err)
 	}
-	mrtd := map[tdvf.Order]attest.MRTD{}
-	for _, o := range tdvf.Orders {
-		if mrtd[o], err = md.MRTD(fw, o, nil); err != nil {
-			return nil, fmt.Errorf("firmware %s: %w", opts.Firmware, err)
-		}
+	mrtd, err := md.MRTDs(fw, nil)
+	if err != nil {
+		return nil, fmt.Errorf("firmware %s: %w", opts.Firmware, err)
 	}
 	rtmr0 := append([]attest.RTMR{}, opts.RTMR0...)
 	rtmr0Inputs := map[string]Input{}

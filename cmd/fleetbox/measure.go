@@ -435,7 +435,7 @@ func measureBoot(e *env, args []string) int {
 			StubVersion       int          `json:"stubVersion"`
 			BootloaderVersion int          `json:"bootloaderVersion"`
 			KernelVersion     string       `json:"kernelVersion"`
-			PCR11             attest.RTMR  `json:"pcr11"`
+			PCR11             *attest.RTMR `json:"pcr11,omitempty"`
 		}{RTMR0: r0, RTMR1: p.RTMR1, RTMR2: p.RTMR2, Notes: p.Notes, StubVersion: p.StubVersion,
 			BootloaderVersion: p.BootloaderVersion, KernelVersion: p.KernelVersion, PCR11: p.PCR11}
 		for _, x := range p.Events {
@@ -450,7 +450,9 @@ func measureBoot(e *env, args []string) int {
 	fmt.Fprintf(e.stdout, "rtmr0 %s\n", rtmr0)
 	fmt.Fprintf(e.stdout, "rtmr1 %s\n", p.RTMR1)
 	fmt.Fprintf(e.stdout, "rtmr2 %s\n", p.RTMR2)
-	fmt.Fprintf(e.stdout, "pcr11 %s (systemd-measure, sha384, no phase)\n", p.PCR11)
+	if p.PCR11 != nil {
+		fmt.Fprintf(e.stdout, "pcr11 %s (UKI sections as systemd-measure computes them, sha384, no phase)\n", *p.PCR11)
+	}
 	for _, n := range p.Notes {
 		fmt.Fprintf(e.stdout, "note: %s\n", n)
 	}

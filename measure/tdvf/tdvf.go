@@ -25,6 +25,8 @@ import (
 	"hash"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/fleetbox/fleetbox/attest"
 )
 
@@ -359,6 +361,27 @@ func (md *Metadata) MRTD(fw []byte, order Order, opts *Options) (attest.MRTD, er
 		}
 	}
 	return m.sum(), nil
+}
+
+// MRTDs computes the MRTD in every order (Orders), concurrently.
+func (md *Metadata) MRTDs(fw []byte, opts *Options) (map[Order]attest.MRTD, error) {
+	res := make([]attest.MRTD, len(Orders))
+	var g errgroup.Group
+	for i, o := range Orders {
+		g.Go(func() error {
+			var err error
+			res[i], err = md.MRTD(fw, o, opts)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	out := make(map[Order]attest.MRTD, len(Orders))
+	for i, o := range Orders {
+		out[o] = res[i]
+	}
+	return out, nil
 }
 
 // sectionMemory is a section's initial memory: its raw data, then zeros.

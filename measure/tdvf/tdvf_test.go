@@ -182,6 +182,24 @@ func TestMRTDSyntheticOrders(t *testing.T) {
 	}
 }
 
+// MRTDs (concurrent) agrees with MRTD for each order.
+func TestMRTDsAllOrders(t *testing.T) {
+	fw := synthetic()
+	md, err := Parse(fw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := md.MRTDs(fw, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range Orders {
+		if one, _ := MRTD(fw, o, nil); all[o] != one {
+			t.Errorf("%s differs", o)
+		}
+	}
+}
+
 func TestParseSynthetic(t *testing.T) {
 	md, err := Parse(synthetic())
 	if err != nil {

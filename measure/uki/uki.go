@@ -240,8 +240,10 @@ type Prediction struct {
 	BootloaderVersion  int
 	KernelVersion      string
 	// PCR11 is the value systemd-measure computes for the UKI's sections
-	// (sha384 bank, no phase), whether or not the stub measures into RTMR2.
-	PCR11 attest.RTMR
+	// (sha384 bank, no phase); nil when neither the stub nor the kernel
+	// measures, since then no section digest is needed (uki.PCR11 computes
+	// it on its own).
+	PCR11 *attest.RTMR
 }
 
 // Predict computes the events and registers for a boot of the inputs.
@@ -274,6 +276,14 @@ func Predict(in *Input) (*Prediction, error) {
 		}
 	}
 	p := &Prediction{StubVersion: u.StubVersion, KernelVersion: u.KernelVersion}
+	stubCC := u.StubVersion >= 255
+	if in.StubMeasuresCC != nil {
+		stubCC = *in.StubMeasuresCC
+	}
+	kernelCC := u.KernelMajor > 6 || (u.KernelMajor == 6 && u.KernelMinor >= 9)
+	if in.KernelMeasuresCC != nil {
+		kernelCC = *in.KernelMeasuresCC
+	}
 
 	// The digests are independent and dominate the cost (tens of MB of
 	// SHA-384): compute them concurrently. Every goroutine ends before
@@ -287,7 +297,10 @@ func Predict(in *Input) (*Prediction, error) {
 		}
 		return nil
 	})
-	g.Go(func() error { secDigests = sectionDigests(u); return nil })
+	if stubCC || kernelCC {
+		// Only the stub's and the kernel's events use the section digests.
+		g.Go(func() error { secDigests = sectionDigests(u); return nil })
+	}
 	if bf != nil {
 		g.Go(func() error {
 			d, err := bf.AuthenticodeSHA384()
@@ -313,15 +326,9 @@ func Predict(in *Input) (*Prediction, error) {
 		return nil, err
 	}
 	p.UKIAuthenticode = u.Authenticode
-	p.PCR11 = pcr11(secDigests)
-
-	stubCC := u.StubVersion >= 255
-	if in.StubMeasuresCC != nil {
-		stubCC = *in.StubMeasuresCC
-	}
-	kernelCC := u.KernelMajor > 6 || (u.KernelMajor == 6 && u.KernelMinor >= 9)
-	if in.KernelMeasuresCC != nil {
-		kernelCC = *in.KernelMeasuresCC
+	if secDigests != nil {
+		v := pcr11(secDigests)
+		p.PCR11 = &v
 	}
 	cmdline := string(bytes.TrimRight(u.SectionData(".cmdline"), "\x00"))
 	if in.Cmdline != nil {
