@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -560,12 +559,12 @@ func measureImage(e *env, args []string) int {
 	if dst == "" {
 		dst = filepath.Join(pos[0], "measurements.json")
 	}
-	var w io.Writer = e.stdout
+	// The summary goes to stderr, so that "--out -" leaves clean JSON.
+	w := e.stderr
 	if dst != "-" {
 		if err := os.WriteFile(dst, b, 0o644); err != nil {
 			return usageErr(e, "measure image: %v", err)
 		}
-		w = e.stderr
 		fmt.Fprintf(w, "wrote %s\n", dst)
 	} else {
 		e.stdout.Write(b)

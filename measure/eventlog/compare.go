@@ -161,8 +161,10 @@ func (c Change) String() string {
 	}
 }
 
-// maxDiffEvents bounds the per-register sequences Diff aligns (quadratic).
-const maxDiffEvents = 4096
+// maxDiffEvents bounds the per-register sequences Diff aligns: the
+// alignment table is quadratic (1024² ints = 8 MB). Real registers hold tens
+// of events.
+const maxDiffEvents = 1024
 
 // Diff aligns, per register, an expected event sequence (a prediction or a
 // reference boot) with an actual one and lists the differences in order. An

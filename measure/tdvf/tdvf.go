@@ -275,6 +275,8 @@ const (
 	// AllRegions: single-pass, but every section is extended as if it had
 	// MR_EXTEND, with zeros (or the given TD HOB) where it has no raw data,
 	// as Google Compute Engine's hypervisor does.
+	//
+	// In every order, PAGE_AUG sections are left out entirely.
 	AllRegions Order = "all-regions"
 )
 
