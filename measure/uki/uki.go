@@ -377,7 +377,10 @@ func Predict(in *Input) (*Prediction, error) {
 		p.Notes = append(p.Notes, "the command line pins no dm-verity root hash (roothash=/usrhash=): the root file system, with the fleetbox binary and its configuration, is not covered by any measurement")
 	}
 	if stubCC {
-		if bf != nil && opts != nil {
+		// systemd-boot measures the options it passes when it, too, can
+		// measure into RTMRs (its own version, unless overridden).
+		bootCC := p.BootloaderVersion >= 255 || in.StubMeasuresCC != nil
+		if bf != nil && opts != nil && bootCC {
 			add(12, eventlog.EvIPL, sha512.Sum384(opts), opts, "systemd-boot, load options it passes to the UKI")
 		}
 		for _, sd := range secDigests {
