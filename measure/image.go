@@ -51,8 +51,8 @@ type Measurements struct {
 	Profiles map[string]*Profile `json:"profiles"`
 }
 
-// Input names an input file and its SHA-256.
-type Input struct {
+// InputFile names an input file and its SHA-256.
+type InputFile struct {
 	Path   string `json:"path"`
 	SHA256 string `json:"sha256"`
 }
@@ -70,7 +70,7 @@ type Profile struct {
 	RTMR3 *attest.RTMR `json:"rtmr3"`
 	// Inputs are the files the values were computed from, by role
 	// ("firmware", "uki", "bootloader", "disk", "config", "rtmr0Log").
-	Inputs map[string]Input `json:"inputs"`
+	Inputs map[string]InputFile `json:"inputs"`
 	// Notes are the assumptions behind the values.
 	Notes []string `json:"notes,omitempty"`
 	// Events are the predicted RTMR1-3 events in the JSON event-log form
@@ -136,7 +136,7 @@ func MeasureImage(dir string, opts *ImageOptions) (*Measurements, error) {
 		return nil, fmt.Errorf("firmware %s: %w", opts.Firmware, err)
 	}
 	rtmr0 := append([]attest.RTMR{}, opts.RTMR0...)
-	rtmr0Inputs := map[string]Input{}
+	rtmr0Inputs := map[string]InputFile{}
 	for i, p := range opts.RTMR0Logs {
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -150,7 +150,7 @@ func MeasureImage(dir string, opts *ImageOptions) (*Measurements, error) {
 		if !slices.Contains(rtmr0, r) {
 			rtmr0 = append(rtmr0, r)
 		}
-		rtmr0Inputs[fmt.Sprintf("rtmr0Log%d", i)] = Input{Path: p, SHA256: sum(b)}
+		rtmr0Inputs[fmt.Sprintf("rtmr0Log%d", i)] = InputFile{Path: p, SHA256: sum(b)}
 	}
 
 	m := &Measurements{Version: MeasurementsVersion, FleetboxVersion: opts.FleetboxVersion, Profiles: map[string]*Profile{}}
@@ -174,7 +174,7 @@ func MeasureImage(dir string, opts *ImageOptions) (*Measurements, error) {
 		}
 		p.MRTD = mrtd
 		p.RTMR0 = rtmr0
-		p.Inputs["firmware"] = Input{Path: opts.Firmware, SHA256: sum(fw)}
+		p.Inputs["firmware"] = InputFile{Path: opts.Firmware, SHA256: sum(fw)}
 		for k, v := range rtmr0Inputs {
 			p.Inputs[k] = v
 		}
@@ -228,9 +228,9 @@ func measureProfile(dir, name string, opts *ImageOptions) (*Profile, error) {
 		return nil, nil
 	}
 	in := &uki.Input{UKI: ukiImg, Bootloader: bootImg, StubMeasuresCC: opts.StubMeasuresCC, KernelMeasuresCC: opts.KernelMeasuresCC}
-	p := &Profile{Inputs: map[string]Input{"uki": {Path: ukiPath, SHA256: sum(ukiImg)}}}
+	p := &Profile{Inputs: map[string]InputFile{"uki": {Path: ukiPath, SHA256: sum(ukiImg)}}}
 	if bootPath != "" {
-		p.Inputs["bootloader"] = Input{Path: bootPath, SHA256: sum(bootImg)}
+		p.Inputs["bootloader"] = InputFile{Path: bootPath, SHA256: sum(bootImg)}
 	}
 	if diskPath != "" {
 		f, err := os.Open(diskPath)
@@ -245,7 +245,7 @@ func measureProfile(dir, name string, opts *ImageOptions) (*Profile, error) {
 		in.GPTEvent = gpt
 		// The disk's content beyond the GPT is not measured; record the
 		// GPT's own digest rather than hashing gigabytes.
-		p.Inputs["disk"] = Input{Path: diskPath, SHA256: sum(gpt)}
+		p.Inputs["disk"] = InputFile{Path: diskPath, SHA256: sum(gpt)}
 		p.Notes = append(p.Notes, "disk sha256 is of its UEFI_GPT_DATA (the part the firmware measures), not the whole file")
 	}
 	pred, err := uki.Predict(in)
@@ -264,7 +264,7 @@ func measureProfile(dir, name string, opts *ImageOptions) (*Profile, error) {
 		r := ReplayRTMR3(evs)
 		p.RTMR3 = &r
 		events = append(events, RuntimeLogEvents(evs)...)
-		p.Inputs["config"] = Input{Path: cfgPath, SHA256: sum(cfg)}
+		p.Inputs["config"] = InputFile{Path: cfgPath, SHA256: sum(cfg)}
 	} else if errors.Is(err, os.ErrNotExist) {
 		p.Notes = append(p.Notes, "no "+ConfigFile+": rtmr3 not predicted")
 	} else {

@@ -328,7 +328,11 @@ func measureEventlog(e *env, args []string) int {
 		rep.WriteText(e.stdout)
 	} else {
 		for _, x := range l.Events {
-			fmt.Fprintf(e.stdout, "  #%-3d rtmr%d %s %s\n", x.Seq, x.RTMR, x.Digest, x.Description())
+			pcr := ""
+			if x.PCR >= 0 {
+				pcr = fmt.Sprintf(" (pcr%d)", x.PCR)
+			}
+			fmt.Fprintf(e.stdout, "  #%-3d rtmr%d%s %s %s\n", x.Seq, x.RTMR, pcr, x.Digest, x.Description())
 		}
 		for i, r := range replay {
 			fmt.Fprintf(e.stdout, "rtmr%d %s\n", i, r)
