@@ -2,6 +2,7 @@ package governance
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 )
 
@@ -36,6 +37,22 @@ type state struct {
 
 func newState(ns NamespaceID) *state {
 	return &state{ns: ns, groups: map[GroupID]*groupState{}, nonces: map[PublicKey]uint64{}}
+}
+
+// clone returns a deep copy (policy bytes are never mutated, so shared).
+func (st *state) clone() *state {
+	c := &state{ns: st.ns, genesis: st.genesis, policy: st.policy, incomplete: st.incomplete,
+		groups: make(map[GroupID]*groupState, len(st.groups)), nonces: maps.Clone(st.nonces)}
+	for id, g := range st.groups {
+		ng := &groupState{id: g.id, parent: g.parent, root: g.root, keyIDs: slices.Clone(g.keyIDs),
+			members: make(map[PublicKey]*memberRow, len(g.members))}
+		for pk, r := range g.members {
+			row := *r
+			ng.members[pk] = &row
+		}
+		c.groups[id] = ng
+	}
+	return c
 }
 
 // effective returns the row that gives pk its role in g: a direct row in g,

@@ -99,3 +99,59 @@ func freshAs(b *testing.B, member *testNode, ns NamespaceID) *testNode {
 	n.restart(b)
 	return n
 }
+
+// BenchmarkSyncConcurrent measures the engine side of a fresh member syncing
+// a history written concurrently by three admins who merge each other's ops
+// often (the slow path: ops whose parents are not the receiver's heads are
+// authorized against a replay of their ancestors).
+func BenchmarkSyncConcurrent(b *testing.B) {
+	const size = 3000
+	nodes := []*testNode{newNode(b), newNode(b), newNode(b)}
+	ns, _, err := nodes[0].e.CreateNamespace(bg)
+	ok(b, err)
+	var keys []MemberKeys
+	for _, n := range nodes[1:] {
+		k := mustT[MemberKeys](b)(n.e.JoinNamespace(ns))
+		keys = append(keys, k)
+		mustT[[][]byte](b)(nodes[0].e.AddMember(bg, ns, ns.Root(), k, RoleAdmin, 0))
+	}
+	member := newNode(b)
+	mk := mustT[MemberKeys](b)(member.e.JoinNamespace(ns))
+	mustT[[][]byte](b)(nodes[0].e.AddMember(bg, ns, ns.Root(), mk, RoleMember, 0))
+	for _, n := range nodes[1:] {
+		n.syncFrom(b, nodes[0], ns)
+	}
+	// Each round every admin authors one op, then each pulls from one other.
+	for i := 0; ; i++ {
+		for j, n := range nodes {
+			mustT[[][]byte](b)(n.e.SetMemberCapabilities(bg, ns, ns.Root(), mk.Signing, Capabilities((i+j)%512)))
+		}
+		for j, n := range nodes {
+			n.syncFrom(b, nodes[(j+1+i%2)%3], ns)
+		}
+		if _, c, _ := nodes[0].e.Heads(ns); c >= size {
+			break
+		}
+	}
+	_, count, _ := nodes[0].e.Heads(ns)
+	b.ResetTimer()
+	var total time.Duration
+	for range b.N {
+		b.StopTimer()
+		n := freshAs(b, member, ns)
+		b.StartTimer()
+		start := time.Now()
+		var frame [][]byte
+		ok(b, nodes[0].e.OpsMissing(ns, nil, func(w []byte) error { frame = append(frame, w); return nil }))
+		for i := 0; i < len(frame); i += 512 {
+			res, err := n.e.Apply(bg, ns, frame[i:min(i+512, len(frame))])
+			ok(b, err)
+			if res.Refused > 0 {
+				b.Fatal(res.FirstRefusal)
+			}
+		}
+		total += time.Since(start)
+	}
+	b.ReportMetric(float64(count), "ops")
+	b.ReportMetric(float64(count)*float64(b.N)/total.Seconds(), "ops/s")
+}

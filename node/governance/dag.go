@@ -2,7 +2,6 @@ package governance
 
 import (
 	"bytes"
-	"container/heap"
 	"slices"
 )
 
@@ -11,6 +10,11 @@ type opNode struct {
 	op       *decodedOp
 	parents  []*opNode
 	children []*opNode
+	// height is 1 + the largest parent height (the genesis op has 0): the
+	// length of the longest path from the genesis op.
+	height uint64
+	// pos is the node's index in dag.order.
+	pos int
 	// plain is the decrypted group op; nil for root ops and while the key is
 	// not held (opaque).
 	plain  *GroupOp
@@ -21,8 +25,8 @@ type opNode struct {
 	// provisional: admitted while the causal state was incomplete (group
 	// keys missing), so authorization is re-checked when keys arrive.
 	provisional bool
-	// effect is the result of the op in the latest total-order replay; nil
-	// means it took effect.
+	// effect is the result of the op in the total-order replay; nil means
+	// it took effect.
 	effect *RefusedError
 }
 
@@ -30,121 +34,189 @@ func (n *opNode) isGenesis() bool {
 	return n.op.body.Root != nil && n.op.body.Root.NamespaceCreated != nil
 }
 
-// dag is one namespace's causal DAG plus the replayed state. Not safe for
-// concurrent use: the owning space's mutex guards it.
+// before is the total order: by height, then by op id. Parents always come
+// before children (a child is higher), and the order of any down-closed
+// subset (an op's ancestors) is the restriction of the order of the whole.
+func before(a, b *opNode) bool {
+	if a.height != b.height {
+		return a.height < b.height
+	}
+	return bytes.Compare(a.op.id[:], b.op.id[:]) < 0
+}
+
+// snapEvery is the distance between state snapshots along the order.
+const snapEvery = 128
+
+// snapshot is the state after replaying order[0:pos], with the heads of that
+// prefix (to tell whether the prefix lies inside an op's ancestors).
+type snapshot struct {
+	pos   int
+	st    *state
+	heads []*opNode
+}
+
+// dag is one namespace's causal DAG, its total order and the replayed state.
+// Not safe for concurrent use: the owning space's mutex guards it.
 type dag struct {
 	ns      NamespaceID
 	nodes   map[OpID]*opNode
 	heads   map[OpID]*opNode
 	genesis *opNode
-	// order is the deterministic total order and tip the state after
-	// replaying it; both are stale while dirty.
+	// order holds every node sorted by before; tip is the state after
+	// replaying all of it; snaps[i] is the state at order position
+	// i*snapEvery.
 	order []*opNode
 	tip   *state
-	dirty bool
+	snaps []snapshot
 	// maxNonce is the highest nonce of any admitted op per signer, for
 	// authoring.
 	maxNonce map[PublicKey]uint64
 	// keys are the group keys this node holds, by id.
 	keys map[KeyID]groupKey
-	// replays counts full total-order replays (a metric).
-	replays int
 }
 
 func newDAG(ns NamespaceID) *dag {
 	return &dag{ns: ns, nodes: map[OpID]*opNode{}, heads: map[OpID]*opNode{}, tip: newState(ns),
+		snaps:    []snapshot{{pos: 0, st: newState(ns)}},
 		maxNonce: map[PublicKey]uint64{}, keys: map[KeyID]groupKey{}}
 }
 
-// idHeap orders ready ops by id, smallest first.
-type idHeap []*opNode
+// ensureTip is kept for callers: the tip is always current.
+func (d *dag) ensureTip() {}
 
-func (h idHeap) Len() int           { return len(h) }
-func (h idHeap) Less(i, j int) bool { return bytes.Compare(h[i].op.id[:], h[j].op.id[:]) < 0 }
-func (h idHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *idHeap) Push(x any)        { *h = append(*h, x.(*opNode)) }
-func (h *idHeap) Pop() any {
-	old := *h
-	n := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return n
+// replayFrom recomputes effects, snapshots and the tip from the last
+// snapshot at or before position q.
+func (d *dag) replayFrom(q int) {
+	si := min(q/snapEvery, len(d.snaps)-1)
+	for si > 0 && d.snaps[si].pos > q {
+		si--
+	}
+	base := d.snaps[si]
+	d.snaps = d.snaps[:si+1]
+	st := base.st.clone()
+	heads := map[*opNode]bool{}
+	for _, h := range base.heads {
+		heads[h] = true
+	}
+	for i := base.pos; i < len(d.order); i++ {
+		if i > base.pos && i%snapEvery == 0 {
+			d.snaps = append(d.snaps, snapshot{pos: i, st: st.clone(), heads: headList(heads)})
+		}
+		n := d.order[i]
+		n.effect = st.apply(n)
+		for _, p := range n.parents {
+			delete(heads, p)
+		}
+		heads[n] = true
+	}
+	d.tip = st
 }
 
-// topoOrder is the deterministic total order of a down-closed set of ops:
-// Kahn's algorithm, always emitting the ready op with the smallest id. in
-// reports set membership; nil means every node.
-func (d *dag) topoOrder(in map[*opNode]bool) []*opNode {
-	size := len(d.nodes)
-	if in != nil {
-		size = len(in)
-	}
-	indeg := make(map[*opNode]int, size)
-	var h idHeap
-	visit := func(n *opNode) {
-		indeg[n] = len(n.parents)
-		if len(n.parents) == 0 {
-			h = append(h, n)
-		}
-	}
-	if in == nil {
-		for _, n := range d.nodes {
-			visit(n)
-		}
-	} else {
-		for n := range in {
-			visit(n)
-		}
-	}
-	heap.Init(&h)
-	out := make([]*opNode, 0, size)
-	for h.Len() > 0 {
-		n := heap.Pop(&h).(*opNode)
+func headList(m map[*opNode]bool) []*opNode {
+	out := make([]*opNode, 0, len(m))
+	for n := range m {
 		out = append(out, n)
-		for _, c := range n.children {
-			if in != nil && !in[c] {
-				continue
-			}
-			indeg[c]--
-			if indeg[c] == 0 {
-				heap.Push(&h, c)
-			}
-		}
 	}
 	return out
 }
 
-// ensureTip recomputes the total order and replays it if stale.
-func (d *dag) ensureTip() {
-	if !d.dirty {
-		return
+// prefixHeadsAt returns the heads of order[0:pos], computed from the last
+// snapshot (used when a snapshot is taken on append).
+func (d *dag) prefixHeadsAt(pos int) []*opNode {
+	base := d.snaps[len(d.snaps)-1]
+	heads := map[*opNode]bool{}
+	for _, h := range base.heads {
+		heads[h] = true
 	}
-	d.order = d.topoOrder(nil)
-	st := newState(d.ns)
-	for _, n := range d.order {
-		n.effect = st.apply(n)
+	for i := base.pos; i < pos; i++ {
+		n := d.order[i]
+		for _, p := range n.parents {
+			delete(heads, p)
+		}
+		heads[n] = true
 	}
-	d.tip = st
-	d.dirty = false
-	d.replays++
+	return headList(heads)
 }
 
-// causalState replays the ancestors of an op with parents ps: the state its
-// signer saw. Deterministic because it depends only on those ancestors.
-func (d *dag) causalState(ps []*opNode) *state {
-	anc := make(map[*opNode]bool)
-	stack := slices.Clone(ps)
-	for len(stack) > 0 {
-		n := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if anc[n] {
-			continue
-		}
-		anc[n] = true
-		stack = append(stack, n.parents...)
+// maybeSnapshot records the tip as the snapshot at the end of the order
+// when one is due there.
+func (d *dag) maybeSnapshot() {
+	q := len(d.order)
+	if q > 0 && q%snapEvery == 0 && d.snaps[len(d.snaps)-1].pos < q {
+		d.snaps = append(d.snaps, snapshot{pos: q, st: d.tip.clone(), heads: d.prefixHeadsAt(q)})
 	}
-	st := newState(d.ns)
-	for _, n := range d.topoOrder(anc) {
-		st.apply(n)
+}
+
+// insert puts n into the order and brings the tip up to date. An op that
+// sorts last (the common case) extends the tip by one apply; otherwise the
+// replay restarts from the snapshot before n's position.
+func (d *dag) insert(n *opNode, applied bool) {
+	q, _ := slices.BinarySearchFunc(d.order, n, func(a, b *opNode) int {
+		if before(a, b) {
+			return -1
+		}
+		if before(b, a) {
+			return 1
+		}
+		return 0
+	})
+	if q == len(d.order) {
+		d.maybeSnapshot()
+		n.pos = q
+		d.order = append(d.order, n)
+		if !applied {
+			n.effect = d.tip.apply(n)
+		}
+		return
+	}
+	d.order = slices.Insert(d.order, q, n)
+	for i := q; i < len(d.order); i++ {
+		d.order[i].pos = i
+	}
+	d.replayFrom(q)
+}
+
+// causalState returns the state of replaying exactly the ancestors of an op
+// with parents ps: what its signer saw. It depends on nothing else. It scans
+// the order backwards from the end, marking ancestors, until it reaches a
+// snapshot whose whole prefix consists of ancestors, then replays the
+// ancestors after that snapshot on a copy of it.
+func (d *dag) causalState(ps []*opNode) *state {
+	anc := make(map[*opNode]bool, len(ps))
+	for _, p := range ps {
+		anc[p] = true
+	}
+	i := len(d.order) - 1
+	si := len(d.snaps) - 1
+	for ; si >= 0; si-- {
+		k := d.snaps[si].pos
+		for ; i >= k; i-- {
+			if n := d.order[i]; anc[n] {
+				for _, p := range n.parents {
+					anc[p] = true
+				}
+			}
+		}
+		// Every op at or after k has been visited, so the prefix heads'
+		// membership is final: the prefix lies inside the ancestors iff all
+		// of its heads do.
+		inside := true
+		for _, h := range d.snaps[si].heads {
+			if !anc[h] {
+				inside = false
+				break
+			}
+		}
+		if inside {
+			break
+		}
+	}
+	base := d.snaps[si]
+	st := base.st.clone()
+	for j := base.pos; j < len(d.order); j++ {
+		if n := d.order[j]; anc[n] {
+			st.apply(n)
+		}
 	}
 	return st
 }
@@ -189,35 +261,43 @@ func (d *dag) decrypt(n *opNode) {
 func (d *dag) admit(op *decodedOp, verify bool, provisional bool) (*opNode, *RefusedError) {
 	n := &opNode{op: op, provisional: provisional}
 	for _, pid := range op.body.Parents {
-		n.parents = append(n.parents, d.nodes[pid])
+		p := d.nodes[pid]
+		n.parents = append(n.parents, p)
+		n.height = max(n.height, p.height+1)
 	}
 	if n.isGenesis() && d.genesis != nil {
 		return nil, invalid(op.id, "second NamespaceCreated")
 	}
 	d.decrypt(n)
-	fast := !d.dirty && d.parentsAreHeads(n.parents)
-	var st *state
-	if fast {
-		st = d.tip
-	} else if verify {
-		st = d.causalState(n.parents)
-	}
 	applied := false
 	if verify {
+		fast := d.parentsAreHeads(n.parents)
+		var st *state
+		if fast {
+			// Every op is an ancestor: the causal state is the tip, and n
+			// sorts last (it is higher than every op).
+			st = d.tip
+		} else {
+			st = d.causalState(n.parents)
+		}
 		if st.incomplete {
 			if op.body.Nonce <= st.nonces[op.body.Signer] {
 				return nil, refused(op.id, ReasonNonce, ErrNonce)
 			}
 			n.provisional = true
 		} else {
+			if fast {
+				// The snapshot due at n's position must not include n.
+				d.maybeSnapshot()
+			}
+			// apply changes st only on success; st is the tip or a copy.
 			if err := st.apply(n); err != nil {
 				return nil, err
 			}
-			applied = true
+			applied = fast
 			n.provisional = false
 		}
 	}
-	// Insert.
 	d.nodes[op.id] = n
 	for _, p := range n.parents {
 		p.children = append(p.children, n)
@@ -230,38 +310,30 @@ func (d *dag) admit(op *decodedOp, verify bool, provisional bool) (*opNode, *Ref
 	if op.body.Nonce > d.maxNonce[op.body.Signer] {
 		d.maxNonce[op.body.Signer] = op.body.Nonce
 	}
-	if fast {
-		// Every other op is an ancestor, so n sorts last: the tip replay
-		// extends by one op.
-		if !applied {
-			n.effect = d.tip.apply(n)
-		}
-		d.order = append(d.order, n)
-	} else {
-		d.dirty = true
-	}
+	d.insert(n, applied)
 	return n, nil
 }
 
 // installKey records a group key and decrypts the ops sealed under it. It
-// reports whether any op became readable.
+// reports whether any op became readable; if so the state is replayed.
 func (d *dag) installKey(k groupKey) bool {
 	id := k.id()
 	if _, ok := d.keys[id]; ok {
 		return false
 	}
 	d.keys[id] = k
-	changed := false
+	first := len(d.order)
 	for _, n := range d.nodes {
 		if n.op.body.Group != nil && n.op.body.Group.KeyID == id && n.opaque {
 			d.decrypt(n)
-			changed = true
+			first = min(first, n.pos)
 		}
 	}
-	if changed {
-		d.dirty = true
+	if first == len(d.order) {
+		return false
 	}
-	return changed
+	d.replayFrom(first)
+	return true
 }
 
 // hasProvisional reports whether any op awaits re-authorization.
@@ -274,18 +346,14 @@ func (d *dag) hasProvisional() bool {
 	return false
 }
 
-// rebuild re-admits every op in total order into a fresh DAG, re-checking
+// rebuild re-admits every op in order into a fresh DAG, re-checking
 // provisional ops. It returns the ops that no longer pass (and their
 // descendants), which the caller deletes from the store.
 func (d *dag) rebuild() (dropped []OpID) {
-	d.dirty = true
-	d.ensureTip()
-	order := d.order
 	fresh := newDAG(d.ns)
 	fresh.keys = d.keys
-	fresh.replays = d.replays
 	gone := map[OpID]bool{}
-	for _, n := range order {
+	for _, n := range d.order {
 		lost := false
 		for _, p := range n.op.body.Parents {
 			if gone[p] {
@@ -302,6 +370,5 @@ func (d *dag) rebuild() (dropped []OpID) {
 		}
 	}
 	*d = *fresh
-	d.ensureTip()
 	return dropped
 }

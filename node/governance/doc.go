@@ -43,10 +43,12 @@
 // # Convergence: the state is a function of the op set
 //
 // The namespace state is the replay of all admitted ops in one total order:
-// Kahn's topological sort of the DAG, always taking the ready op with the
-// smallest op id. Parents therefore come before children, and concurrent
-// ops are ordered by id, which no single node controls. During the replay
-// each op is authorized again, against the state built so far; an op that
+// by height (the length of the longest path from the genesis op, so every
+// parent sorts before its children), then by op id, which no single node
+// controls. The order of any op's ancestors is the restriction of the
+// order of the whole DAG, so the causal state and the namespace state are
+// replays of the same sequence, one filtered. During the replay each op is
+// authorized again, against the state built so far; an op that
 // fails there (say a role change for a member a concurrent op already
 // removed, or the second of two admins removing each other after the first
 // removal took away its author's role) stays in the DAG with no effect. An
@@ -60,15 +62,18 @@
 // leave exactly one of them (the one whose op sorts first), never none; an
 // Admin's removal racing a role change ends with the member removed in
 // either order (removed first, the role change finds no member; role change
-// first, the removal then takes the row away). The last root Admin can never be removed or demoted. The price
-// is that a concurrent loser's op is silently inert; OpLog shows each op's
-// effect so an operator can see it.
+// first, the removal then takes the row away). The last root Admin can
+// never be removed or demoted. The price is that a concurrent loser's op is
+// silently inert; OpLog shows each op's effect so an operator can see it.
 //
-// Cost: when an op's parents are exactly the current heads (the common
-// case: live gossip, and sync of a history in order) it sorts last, so the
-// replay is extended by one op (O(1)). Otherwise the causal state is
-// replayed from the op's ancestors (O(n)) and the total order is recomputed
-// lazily, once per batch, when the state is next needed (O(n log n)).
+// Cost: an op whose parents are exactly the current heads (live gossip, and
+// the sync of a history in order) is authorized against the current state
+// and extends the replay by one apply. Other ops find their causal state by
+// scanning the order backwards only as far as the last state snapshot
+// (taken every 128 ops) whose whole prefix lies among the op's ancestors,
+// and an op that sorts before already-applied ones replays from the
+// snapshot before its position. Both costs grow with how far back the
+// concurrency reaches, not with the size of the DAG.
 //
 // # Keys
 //

@@ -2,6 +2,7 @@ package governance
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -197,7 +198,25 @@ func (e *Engine) load(ns NamespaceID) (*space, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, s := range sortForLoad(ops, func(s stored) *decodedOp { return s.op }) {
+	// Admit in the total order (height, then id), so every insertion is an
+	// append and the load is one replay.
+	sorted := sortForLoad(ops, func(s stored) *decodedOp { return s.op })
+	height := make(map[OpID]uint64, len(sorted))
+	for _, s := range sorted {
+		h := uint64(0)
+		for _, p := range s.op.body.Parents {
+			h = max(h, height[p]+1)
+		}
+		height[s.op.id] = h
+	}
+	slices.SortStableFunc(sorted, func(a, b stored) int {
+		ha, hb := height[a.op.id], height[b.op.id]
+		if ha != hb {
+			return cmp.Compare(ha, hb)
+		}
+		return bytes.Compare(a.op.id[:], b.op.id[:])
+	})
+	for _, s := range sorted {
 		for _, p := range s.op.body.Parents {
 			if sp.d.nodes[p] == nil {
 				return nil, fmt.Errorf("stored op %s: parent %s missing or in a cycle", s.op.id, p)
@@ -479,7 +498,26 @@ func (e *Engine) Apply(ctx context.Context, ns NamespaceID, wires [][]byte) (App
 	// for large batches.
 	decoded := make([]*decodedOp, len(wires))
 	errs := make([]error, len(wires))
+	// Ops already known (gossip echoes, overlapping sync batches) are
+	// counted as duplicates before their signatures are checked.
+	known := make([]bool, len(wires))
+	ids := make([]OpID, len(wires))
+	for i, w := range wires {
+		ids[i], known[i] = peekID(w)
+	}
+	sp.mu.Lock()
+	for i := range wires {
+		if known[i] {
+			_, a := sp.d.nodes[ids[i]]
+			_, p := sp.pending[ids[i]]
+			known[i] = a || p
+		}
+	}
+	sp.mu.Unlock()
 	check := func(i int) {
+		if known[i] {
+			return
+		}
 		op, err := decodeOp(wires[i])
 		if err == nil && op.body.Namespace != ns {
 			err = refused(op.id, ReasonNamespace, fmt.Errorf("%w: op is for namespace %s", ErrMalformed, op.body.Namespace))
@@ -503,6 +541,10 @@ func (e *Engine) Apply(ctx context.Context, ns NamespaceID, wires [][]byte) (App
 	}
 	ops := make([]*decodedOp, 0, len(wires))
 	for i := range wires {
+		if known[i] {
+			res.Duplicate++
+			continue
+		}
 		if errs[i] != nil {
 			e.refuse(&res, errs[i])
 			continue

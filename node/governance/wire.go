@@ -149,6 +149,23 @@ func decodeOp(wire []byte) (*decodedOp, error) {
 	return &decodedOp{id: id, body: body, wire: bytes.Clone(wire)}, nil
 }
 
+// peekID returns the id of wire bytes without checking the body or the
+// signature, so that known ops skip the costly checks. ok is false if the
+// outer encoding does not decode.
+func peekID(wire []byte) (OpID, bool) {
+	if len(wire) > MaxOpSize {
+		return OpID{}, false
+	}
+	var w signedOpWire
+	if err := decMode.Unmarshal(wire, &w); err != nil {
+		return OpID{}, false
+	}
+	h := sha256.New()
+	h.Write([]byte(signDomain))
+	h.Write(w.Body)
+	return OpID(h.Sum(nil)), true
+}
+
 // checkShape checks what needs no state: one variant set, parents sorted and
 // bounded, the genesis op alone has no parents, payload fields in range.
 func checkShape(b *opBody) error {
