@@ -319,3 +319,39 @@ func sha256hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
 }
+
+// TestSyntheticMatchesGCE cross-checks single-pass and all-regions on the
+// synthetic image with gce-tcb-verifier too. gce-tcb-verifier does not know
+// PAGE_AUG, so the TempMem section is made an ordinary one here.
+func TestSyntheticMatchesGCE(t *testing.T) {
+	fw := synthetic()
+	binary.LittleEndian.PutUint32(fw[0x1000+descriptorSize+2*sectionSize+28:], 0)
+	got, err := MRTD(fw, SinglePass, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := gcetdx.MRTD(&gcetdx.LaunchOptions{}, fw)
+	if err != nil {
+		t.Fatalf("gce-tcb-verifier: %v", err)
+	}
+	if got != want {
+		t.Errorf("single-pass %x, gce-tcb-verifier %x", got, want)
+	}
+	regions, err := ovmf.ExtractMaterialGuestPhysicalRegionsTDHOBBug(fw, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hob []byte
+	for _, r := range regions {
+		if uint64(r.GPR.Start) == 0x800000 {
+			hob = r.HostBuffer
+		}
+	}
+	got, err = MRTD(fw, AllRegions, &Options{TDHOB: hob})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ = gcetdx.MRTD(&gcetdx.LaunchOptions{MeasureAllRegions: true}, fw); got != want {
+		t.Errorf("all-regions %x, gce-tcb-verifier %x", got, want)
+	}
+}
