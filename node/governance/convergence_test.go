@@ -92,6 +92,9 @@ func checkPermutations(t *testing.T, ns NamespaceID, wires [][]byte, keys map[Ke
 }
 
 func TestConcurrentConflicts(t *testing.T) {
+	saved := snapEvery
+	snapEvery = 3
+	t.Cleanup(func() { snapEvery = saved })
 	a, b, c, d := newNode(t), newNode(t), newNode(t), newNode(t)
 	ns, _, err := a.e.CreateNamespace(bg)
 	ok(t, err)
@@ -160,6 +163,11 @@ func TestConcurrentConflicts(t *testing.T) {
 // TestRandomHistoriesConverge builds random histories from three admins
 // with random partial syncs, then checks many arrival orders.
 func TestRandomHistoriesConverge(t *testing.T) {
+	// Snapshots every few ops, so causal states and out-of-order inserts
+	// start from snapshots often.
+	saved := snapEvery
+	snapEvery = 5
+	t.Cleanup(func() { snapEvery = saved })
 	for seed := range uint64(3) {
 		rng := mrand.New(mrand.NewPCG(seed, 99))
 		nodes := []*testNode{newNode(t), newNode(t), newNode(t)}
@@ -177,7 +185,7 @@ func TestRandomHistoriesConverge(t *testing.T) {
 		}
 		var extra []MemberKeys
 		groups := []GroupID{ns.Root()}
-		for step := range 60 {
+		for step := range 100 {
 			n := nodes[rng.IntN(len(nodes))]
 			g := groups[rng.IntN(len(groups))]
 			switch rng.IntN(7) {

@@ -45,7 +45,7 @@ func before(a, b *opNode) bool {
 }
 
 // snapEvery is the distance between state snapshots along the order.
-const snapEvery = 128
+var snapEvery = 128
 
 // snapshot is the state after replaying order[0:pos], with the heads of that
 // prefix (to tell whether the prefix lies inside an op's ancestors).

@@ -115,8 +115,40 @@ func digest(t testing.TB, e *Engine, ns NamespaceID) string {
 	}
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	sp.d.ensureTip()
+	checkInvariants(t, sp.d)
 	return stateDigest(sp.d.tip) + dagDigest(sp.d)
+}
+
+// checkInvariants compares the incrementally maintained order, positions,
+// snapshots, effects and tip with a replay from scratch.
+func checkInvariants(t testing.TB, d *dag) {
+	t.Helper()
+	if len(d.order) != len(d.nodes) {
+		t.Fatalf("order has %d ops, DAG %d", len(d.order), len(d.nodes))
+	}
+	st := newState(d.ns)
+	si := 0
+	for i, n := range d.order {
+		if n.pos != i {
+			t.Fatalf("op at %d has pos %d", i, n.pos)
+		}
+		if i > 0 && !before(d.order[i-1], n) {
+			t.Fatalf("order not sorted at %d", i)
+		}
+		if si < len(d.snaps) && d.snaps[si].pos == i {
+			if a, b := stateDigest(d.snaps[si].st), stateDigest(st); a != b {
+				t.Fatalf("snapshot at %d differs from replay:\n%s\nvs\n%s", i, a, b)
+			}
+			si++
+		}
+		eff := st.apply(n)
+		if (eff == nil) != (n.effect == nil) {
+			t.Fatalf("op %d effect %v, replay says %v", i, n.effect, eff)
+		}
+	}
+	if a, b := stateDigest(d.tip), stateDigest(st); a != b {
+		t.Fatalf("tip differs from replay:\n%s\nvs\n%s", a, b)
+	}
 }
 
 func stateDigest(st *state) string {
