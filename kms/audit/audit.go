@@ -330,11 +330,14 @@ func (l *Log) Append(ctx context.Context, ev Event) (uint64, error) {
 	case <-ctx.Done():
 		return 0, fmt.Errorf("appending audit record: %w", ctx.Err())
 	}
-	// Once queued the record will be committed or failed by the writer; wait
-	// for that so a caller never reports a decision the log may still hold.
+	// Once queued the writer commits or fails the record. A caller that stops
+	// waiting (ctx) gets an error and must not act on the decision; the record
+	// may still land, so the log can over-report a grant, never miss one.
 	select {
 	case res := <-r.done:
 		return res.seq, res.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("appending audit record: %w", ctx.Err())
 	case <-l.stopped:
 		select {
 		case res := <-r.done:
@@ -521,3 +524,27 @@ func (v *ChainVerifier) Finish(sh SignedHead, pub ed25519.PublicKey) (Head, erro
 
 // Seq returns the last verified sequence number.
 func (v *ChainVerifier) Seq() uint64 { return v.seq }
+
+// VerifyPages reads a whole log through fetch (a page of entries after a
+// sequence number) and checks the chain and the signed head. pub pins the
+// KMS key; nil trusts the key served with the head, which then proves only
+// that the log is consistent, not who wrote it.
+func VerifyPages(fetch func(after uint64) (*Page, error), pub ed25519.PublicKey) (*ChainVerifier, Head, error) {
+	v := &ChainVerifier{}
+	for {
+		p, err := fetch(v.seq)
+		if err != nil {
+			return v, Head{}, err
+		}
+		if err := v.Add(p.Entries); err != nil {
+			return v, Head{}, err
+		}
+		if !p.More {
+			h, err := v.Finish(p.Head, pub)
+			return v, h, err
+		}
+		if len(p.Entries) == 0 {
+			return v, Head{}, fmt.Errorf("%w: no records after %d, but the head is at %d", ErrChain, v.seq, p.Head.Seq)
+		}
+	}
+}

@@ -414,23 +414,5 @@ func (c *Client) AuditPage(ctx context.Context, after uint64) (*audit.Page, erro
 // and the signed head. pub pins the KMS key; nil trusts the key served with
 // the head (then only consistency is proven).
 func (c *Client) VerifyAudit(ctx context.Context, pub ed25519.PublicKey) (*audit.ChainVerifier, audit.Head, error) {
-	var v audit.ChainVerifier
-	var after uint64
-	for {
-		p, err := c.AuditPage(ctx, after)
-		if err != nil {
-			return &v, audit.Head{}, err
-		}
-		if err := v.Add(p.Entries); err != nil {
-			return &v, audit.Head{}, err
-		}
-		if !p.More {
-			h, err := v.Finish(p.Head, pub)
-			return &v, h, err
-		}
-		if len(p.Entries) == 0 {
-			return &v, audit.Head{}, fmt.Errorf("%w: page after %d is empty but says more follow", audit.ErrChain, after)
-		}
-		after = v.Seq()
-	}
+	return audit.VerifyPages(func(after uint64) (*audit.Page, error) { return c.AuditPage(ctx, after) }, pub)
 }
