@@ -925,3 +925,52 @@ func (e *Engine) Policy(ns NamespaceID) (*attest.Policy, error) {
 	}
 	return attest.ParsePolicy(sp.d.tip.policy)
 }
+
+// DeleteNamespaceRows deletes, inside tx, every row this package keeps for
+// ns: the namespace record, the namespace identity (signing and agreement
+// keys), every op and every group key. It returns how many rows it deleted.
+// The self-purge calls it in its purge transaction, then Forget, then
+// store.Compact so the bytes leave the file.
+func DeleteNamespaceRows(tx *store.Tx, ns NamespaceID) (int, error) {
+	total := 0
+	for _, r := range []struct {
+		col    store.Column
+		prefix []byte
+	}{
+		{store.OpLog, rowKey(prefOp, ns, nil)},
+		{store.Keys, rowKey(prefKey, ns, nil)},
+		{store.Identity, rowKey(prefID, ns, nil)},
+		{store.Group, rowKey(prefNS, ns, nil)},
+	} {
+		n, err := tx.DeletePrefix(r.col, r.prefix)
+		if err != nil {
+			return total, fmt.Errorf("deleting governance rows of %s: %w", ns, err)
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// Forget drops ns from memory: its DAG, keys (wiped), identity and pending
+// ops. Call it after DeleteNamespaceRows committed; until then a restart
+// would load the namespace again.
+func (e *Engine) Forget(ns NamespaceID) {
+	e.mu.Lock()
+	sp := e.spaces[ns]
+	delete(e.spaces, ns)
+	e.mu.Unlock()
+	if sp == nil {
+		return
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	for id, k := range sp.d.keys {
+		wipe(k[:])
+		delete(sp.d.keys, id)
+	}
+	wipe(sp.id.signing)
+	sp.d = newDAG(ns)
+	clear(sp.pending)
+	clear(sp.waiting)
+	e.m.pending.DeleteLabelValues(ns.String())
+}

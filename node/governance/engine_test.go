@@ -1,11 +1,14 @@
 package governance
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"os"
 	"testing"
 
 	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/node/store"
 	"go.uber.org/goleak"
 )
 
@@ -263,5 +266,39 @@ func TestUnknownNamespace(t *testing.T) {
 	}
 	if _, _, err := a.e.Heads(NamespaceID{1}); !errors.Is(err, ErrUnknownNamespace) {
 		t.Fatalf("Heads: %v", err)
+	}
+}
+
+func TestDeleteNamespaceRowsAndForget(t *testing.T) {
+	a := newNode(t)
+	ns, _, err := a.e.CreateNamespace(bg)
+	ok(t, err)
+	other, _, err := a.e.CreateNamespace(bg)
+	ok(t, err)
+	o := newNode(t)
+	k := mustT[MemberKeys](t)(o.e.JoinNamespace(ns))
+	mustT[[][]byte](t)(a.e.AddMember(bg, ns, ns.Root(), k, RoleMember, 0))
+	var n int
+	ok(t, a.st.Update(func(tx *store.Tx) error {
+		var err error
+		n, err = DeleteNamespaceRows(tx, ns)
+		return err
+	}))
+	if n != 6 { // record, identity, root key, genesis, MemberAdded, KeyDelivery
+		t.Fatalf("deleted %d rows, want 6", n)
+	}
+	a.e.Forget(ns)
+	if _, _, err := a.e.Heads(ns); !errors.Is(err, ErrUnknownNamespace) {
+		t.Fatalf("Heads after Forget: %v", err)
+	}
+	ok(t, a.st.Compact(bg))
+	raw, err := os.ReadFile(a.path)
+	ok(t, err)
+	if bytes.Contains(raw, ns[:]) {
+		t.Fatal("namespace id still in the file after delete and compact")
+	}
+	a.restart(t)
+	if nss := mustT[[]NamespaceID](t)(a.e.Namespaces()); len(nss) != 1 || nss[0] != other {
+		t.Fatalf("namespaces after purge and restart: %v", nss)
 	}
 }
