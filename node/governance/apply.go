@@ -2,6 +2,7 @@ package governance
 
 import (
 	"fmt"
+	"github.com/fleetbox/fleetbox/attest"
 	"maps"
 	"slices"
 )
@@ -33,16 +34,19 @@ type state struct {
 	// incomplete is set once an op whose group key is not held was replayed:
 	// membership facts may then be missing.
 	incomplete bool
+	// quotes records, namespace-wide and for good, every quote hash that
+	// admitted a fleet replica, and whom it admitted (tee.go).
+	quotes map[attest.QuoteHash]PublicKey
 }
 
 func newState(ns NamespaceID) *state {
-	return &state{ns: ns, groups: map[GroupID]*groupState{}, nonces: map[PublicKey]uint64{}}
+	return &state{ns: ns, groups: map[GroupID]*groupState{}, nonces: map[PublicKey]uint64{}, quotes: map[attest.QuoteHash]PublicKey{}}
 }
 
 // clone returns a deep copy (policy bytes are never mutated, so shared).
 func (st *state) clone() *state {
 	c := &state{ns: st.ns, genesis: st.genesis, policy: st.policy, incomplete: st.incomplete,
-		groups: make(map[GroupID]*groupState, len(st.groups)), nonces: maps.Clone(st.nonces)}
+		groups: make(map[GroupID]*groupState, len(st.groups)), nonces: maps.Clone(st.nonces), quotes: maps.Clone(st.quotes)}
 	for id, g := range st.groups {
 		ng := &groupState{id: g.id, parent: g.parent, root: g.root, keyIDs: slices.Clone(g.keyIDs),
 			members: make(map[PublicKey]*memberRow, len(g.members))}
@@ -248,11 +252,8 @@ func (st *state) applyRoot(n *opNode) *RefusedError {
 		st.policy = r.TeeAdmissionPolicySet.Policy
 		return nil
 
-		// Extension point: case r.MemberJoinedViaTeeAttestation != nil
-		// (next issue): verifier must hold MANAGE_MEMBERS or Admin in the root
-		// group; re-check quote facts against st.policy; refuse a quote hash
-		// already recorded namespace-wide; row the member as ReadOnlyTee in
-		// the root group only.
+	case r.MemberJoinedViaTeeAttestation != nil:
+		return st.applyTeeJoin(n)
 	}
 	return invalid(id, "unknown root op")
 }

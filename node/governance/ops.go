@@ -21,6 +21,8 @@ type RootOp struct {
 	GroupCreated          *GroupCreated          `cbor:"2,keyasint,omitempty"`
 	KeyDelivery           *KeyDelivery           `cbor:"3,keyasint,omitempty"`
 	TeeAdmissionPolicySet *TeeAdmissionPolicySet `cbor:"4,keyasint,omitempty"`
+	// MemberJoinedViaTeeAttestation admits a fleet replica (tee.go).
+	MemberJoinedViaTeeAttestation *MemberJoinedViaTeeAttestation `cbor:"5,keyasint,omitempty"`
 }
 
 // GroupOp is a membership or capability op. It travels sealed with the
@@ -133,6 +135,9 @@ func (r *RootOp) count() int {
 	if r.TeeAdmissionPolicySet != nil {
 		n++
 	}
+	if r.MemberJoinedViaTeeAttestation != nil {
+		n++
+	}
 	return n
 }
 
@@ -146,6 +151,8 @@ func (r *RootOp) kind() string {
 		return "KeyDelivery"
 	case r.TeeAdmissionPolicySet != nil:
 		return "TeeAdmissionPolicySet"
+	case r.MemberJoinedViaTeeAttestation != nil:
+		return "MemberJoinedViaTeeAttestation"
 	}
 	return "RootOp(?)"
 }
@@ -167,6 +174,8 @@ func (r *RootOp) check() error {
 		if _, err := attest.ParsePolicy(r.TeeAdmissionPolicySet.Policy); err != nil {
 			return fmt.Errorf("%w: TeeAdmissionPolicySet: %v", ErrMalformed, err)
 		}
+	case r.MemberJoinedViaTeeAttestation != nil:
+		return r.MemberJoinedViaTeeAttestation.check()
 	}
 	return nil
 }

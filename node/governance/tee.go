@@ -1,0 +1,256 @@
+package governance
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/node/fleet"
+	"github.com/fleetbox/fleetbox/node/store"
+)
+
+// MemberJoinedViaTeeAttestation admits a hardware-attested fleet replica to
+// the root group as ReadOnlyTee (RootOp key 5). A member of the root group
+// with Admin or MANAGE_MEMBERS publishes it after checking the replica's
+// TeeAttestationAnnounce (node/fleet). It is the only op that grants
+// ReadOnlyTee; the row is never inherited by subgroups.
+//
+// Every peer re-checks the recorded values against the namespace's
+// TeeAdmissionPolicy when it applies the op (fleet.Recheck: a pure function,
+// so all peers agree), refuses a member that is already one, and refuses a
+// quote hash already recorded: the record is namespace-wide and survives the
+// member's removal, so no quote admits twice. Two verifiers racing on one
+// announce both get their op into the DAG; in the replay the one that sorts
+// second finds the quote used and has no effect, leaving one membership.
+type MemberJoinedViaTeeAttestation struct {
+	Member       MemberKeys       `cbor:"1,keyasint"`
+	QuoteHash    attest.QuoteHash `cbor:"2,keyasint"`
+	MRTD         attest.MRTD      `cbor:"3,keyasint"`
+	RTMR         [4]attest.RTMR   `cbor:"4,keyasint"`
+	TDAttributes [8]byte          `cbor:"5,keyasint"`
+	TcbStatus    string           `cbor:"6,keyasint"`
+	Mock         bool             `cbor:"7,keyasint"`
+	Role         Role             `cbor:"8,keyasint"`
+}
+
+func (m *MemberJoinedViaTeeAttestation) check() error {
+	if m.Role != RoleReadOnlyTee {
+		return fmt.Errorf("%w: MemberJoinedViaTeeAttestation grants ReadOnlyTee, not %s", ErrMalformed, m.Role)
+	}
+	s := attest.TcbStatus(m.TcbStatus)
+	if !slices.Contains(attest.IntelStatuses, s) && s != attest.TcbMock && s != attest.TcbNoMatchingLevel && s != attest.TcbUnverified {
+		return fmt.Errorf("%w: MemberJoinedViaTeeAttestation: unknown TCB status %q", ErrMalformed, m.TcbStatus)
+	}
+	if (s == attest.TcbMock) != m.Mock {
+		return fmt.Errorf("%w: MemberJoinedViaTeeAttestation: mock flag and TCB status disagree", ErrMalformed)
+	}
+	return nil
+}
+
+func (m *MemberJoinedViaTeeAttestation) admission() *fleet.Admission {
+	return &fleet.Admission{
+		Member: m.Member.Signing, Agreement: m.Member.Agreement, QuoteHash: m.QuoteHash,
+		MRTD: m.MRTD, RTMR: m.RTMR, TDAttributes: m.TDAttributes,
+		TcbStatus: attest.TcbStatus(m.TcbStatus), Mock: m.Mock,
+	}
+}
+
+// applyTeeJoin is applyRoot's case for MemberJoinedViaTeeAttestation.
+func (st *state) applyTeeJoin(n *opNode) *RefusedError {
+	b := &n.op.body
+	id := n.op.id
+	mj := b.Root.MemberJoinedViaTeeAttestation
+	root := st.ns.Root()
+	row, rerr := st.writer(root, b.Signer, id)
+	if rerr != nil {
+		return rerr
+	}
+	if row.Role != RoleAdmin && !row.Caps.Has(ManageMembers) {
+		return unauthorized(id, "MemberJoinedViaTeeAttestation needs Admin or MANAGE_MEMBERS in the root group")
+	}
+	if st.policy == nil {
+		return invalid(id, "MemberJoinedViaTeeAttestation in a namespace without a TeeAdmissionPolicy")
+	}
+	pol, err := attest.ParsePolicy(st.policy)
+	if err != nil {
+		return invalid(id, "the namespace TeeAdmissionPolicy does not parse: %v", err)
+	}
+	if err := fleet.Recheck(pol, mj.admission()); err != nil {
+		return unauthorized(id, "admission fails the namespace TeeAdmissionPolicy: %v", err)
+	}
+	if by, used := st.quotes[mj.QuoteHash]; used {
+		return invalid(id, "quote %s already admitted member %s", mj.QuoteHash.String()[:12], shortKey(by))
+	}
+	gs := st.groups[root]
+	if gs.members[mj.Member.Signing] != nil {
+		return invalid(id, "%s is already a member of the root group", shortKey(mj.Member.Signing))
+	}
+	st.quotes[mj.QuoteHash] = mj.Member.Signing
+	gs.members[mj.Member.Signing] = &memberRow{Keys: mj.Member, Role: RoleReadOnlyTee}
+	return nil
+}
+
+// AdmitTeeMember publishes MemberJoinedViaTeeAttestation for a checked
+// announce and delivers the root group's keys to the replica. It refuses
+// locally, before signing, what every peer would refuse.
+func (e *Engine) AdmitTeeMember(ctx context.Context, ns NamespaceID, adm *fleet.Admission) ([][]byte, error) {
+	mj := &MemberJoinedViaTeeAttestation{
+		Member:    MemberKeys{Signing: adm.Member, Agreement: AgreementKey(adm.Agreement)},
+		QuoteHash: adm.QuoteHash, MRTD: adm.MRTD, RTMR: adm.RTMR, TDAttributes: adm.TDAttributes,
+		TcbStatus: string(adm.TcbStatus), Mock: adm.Mock, Role: RoleReadOnlyTee,
+	}
+	if err := mj.check(); err != nil {
+		return nil, err
+	}
+	return e.author(ctx, ns, func(a *authoring) error {
+		row, err := a.requireWriter(ns.Root())
+		if err != nil {
+			return err
+		}
+		if row.Role != RoleAdmin && !row.Caps.Has(ManageMembers) {
+			return fmt.Errorf("%w: admitting a fleet replica needs Admin or MANAGE_MEMBERS", ErrNotAuthorized)
+		}
+		if _, err := a.root(&RootOp{MemberJoinedViaTeeAttestation: mj}); err != nil {
+			return err
+		}
+		return a.deliver(mj.Member, a.heldKeys([]GroupID{ns.Root()}))
+	})
+}
+
+// TeeView answers a fleet verifier's questions from the current state.
+type TeeView struct {
+	Policy    *attest.Policy
+	members   map[PublicKey]bool
+	quotes    map[attest.QuoteHash]PublicKey
+	CanManage bool // this node may publish admissions
+}
+
+// IsMember reports whether pk is a member of the root group.
+func (v *TeeView) IsMember(pk [32]byte) bool { return v.members[pk] }
+
+// QuoteUsed reports whether the quote hash has ever admitted a replica.
+func (v *TeeView) QuoteUsed(h attest.QuoteHash) bool { _, ok := v.quotes[h]; return ok }
+
+// TeeView snapshots what a verifier needs to check an announce for ns.
+func (e *Engine) TeeView(ns NamespaceID) (*TeeView, error) {
+	sp, err := e.space(ns)
+	if err != nil {
+		return nil, err
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	sp.d.ensureTip()
+	st := sp.d.tip
+	v := &TeeView{members: map[PublicKey]bool{}, quotes: map[attest.QuoteHash]PublicKey{}}
+	for pk := range st.effectiveMembers(ns.Root()) {
+		v.members[pk] = true
+	}
+	for h, pk := range st.quotes {
+		v.quotes[h] = pk
+	}
+	if st.policy != nil {
+		if p, err := attest.ParsePolicy(st.policy); err == nil {
+			v.Policy = p
+		}
+	}
+	if r, _ := st.effective(ns.Root(), sp.id.public().Signing); r != nil && r.Role.CanWrite() && (r.Role == RoleAdmin || r.Caps.Has(ManageMembers)) {
+		v.CanManage = true
+	}
+	return v, nil
+}
+
+// TeeStatus is this node's standing as a fleet replica in a namespace.
+type TeeStatus struct {
+	// Admitted: some MemberJoinedViaTeeAttestation admitted this node's
+	// identity (also if it was removed since).
+	Admitted bool
+	// Member: the identity is a member of the root group now.
+	Member bool
+	// HasRootKey: the node holds the root group's current key.
+	HasRootKey bool
+	// Groups are the groups where the identity has a direct row.
+	Groups []GroupID
+	// Incomplete: some ops could not be read, so the answer may be wrong.
+	Incomplete bool
+}
+
+// TeeStatus reports this node's fleet-replica standing in ns.
+func (e *Engine) TeeStatus(ns NamespaceID) (*TeeStatus, error) {
+	sp, err := e.space(ns)
+	if err != nil {
+		return nil, err
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	sp.d.ensureTip()
+	st := sp.d.tip
+	me := sp.id.public().Signing
+	s := &TeeStatus{Incomplete: st.incomplete}
+	for _, pk := range st.quotes {
+		if pk == me {
+			s.Admitted = true
+		}
+	}
+	if r, _ := st.effective(ns.Root(), me); r != nil {
+		s.Member = true
+	}
+	if gs := st.groups[ns.Root()]; gs != nil && len(gs.keyIDs) > 0 {
+		_, s.HasRootKey = sp.d.keys[gs.keyIDs[len(gs.keyIDs)-1]]
+	}
+	for g, gs := range st.groups {
+		if gs.members[me] != nil {
+			s.Groups = append(s.Groups, g)
+		}
+	}
+	sortGroups(s.Groups)
+	return s, nil
+}
+
+// HasNamespaceRows reports whether any row of ns remains.
+func HasNamespaceRows(tx *store.Tx, ns NamespaceID) (bool, error) {
+	found := false
+	err := tx.ForEach(store.Group, rowKey(prefNS, ns, nil), func(_, _ []byte) error { found = true; return nil })
+	return found, err
+}
+
+// GroupKeyIDs lists the ids of group g's keys in ns.
+func (e *Engine) GroupKeyIDs(ns NamespaceID, g GroupID) ([]KeyID, error) {
+	sp, err := e.space(ns)
+	if err != nil {
+		return nil, err
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	sp.d.ensureTip()
+	gs := sp.d.tip.groups[g]
+	if gs == nil {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownGroup, g)
+	}
+	return slices.Clone(gs.keyIDs), nil
+}
+
+// DeleteGroupKeyRows deletes, inside tx, the stored keys with the given ids.
+func DeleteGroupKeyRows(tx *store.Tx, ns NamespaceID, ids []KeyID) (int, error) {
+	n := 0
+	for _, id := range ids {
+		if err := tx.Delete(store.Keys, rowKey(prefKey, ns, id[:])); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// ForgetKeys drops group keys from memory after their rows were deleted.
+func (e *Engine) ForgetKeys(ns NamespaceID, ids []KeyID) {
+	sp, err := e.space(ns)
+	if err != nil {
+		return
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	for _, id := range ids {
+		delete(sp.d.keys, id)
+	}
+}
