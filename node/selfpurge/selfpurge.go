@@ -83,6 +83,9 @@ const (
 	StillEvicted
 	// Readmitted: the replica is a member again; the marker is stale.
 	Readmitted
+	// AlreadyPurged: the rows are gone (the crash came after the delete);
+	// the marker is stale once the file is compacted.
+	AlreadyPurged
 )
 
 // Rows knows how the node lays out a namespace in the store.
@@ -102,6 +105,9 @@ type Config struct {
 	// Unsubscribe leaves the namespace topic (whole-namespace purges); nil
 	// when no network runs (the reconcile command).
 	Unsubscribe func(ns [32]byte)
+	// AfterDelete, if set, runs once the delete has committed (the node
+	// drops the namespace or the group keys from memory there).
+	AfterDelete func(t Target)
 	// Registerer receives the metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -166,8 +172,9 @@ const (
 )
 
 // StallEnv names a fault-injection hook for crash tests: when it is set to
-// a step name ("deleted"), a purge blocks forever after that step so a test
-// can kill the process mid-purge. It only delays; it never skips a step.
+// a step name ("marked" or "deleted"), a purge blocks forever after that
+// step so a test can kill the process mid-purge. It only delays; it never
+// skips a step.
 const StallEnv = "FLEETBOX_SELF_PURGE_STALL"
 
 // Purge destroys the node's copy of t after the node applied its own
@@ -182,6 +189,10 @@ func (p *Purger) Purge(ctx context.Context, t Target, member [32]byte) error {
 		return fmt.Errorf("self-purge of %s: writing the marker: %w", t, err)
 	}
 	p.log.Warn("evicted: self-purge started", "target", t.String())
+	if os.Getenv(StallEnv) == "marked" {
+		p.log.Warn("self-purge stalled by " + StallEnv + " (crash test)")
+		<-make(chan struct{})
+	}
 	return p.finish(ctx, m)
 }
 
@@ -197,6 +208,9 @@ func (p *Purger) finish(ctx context.Context, m Marker) error {
 	if err != nil {
 		p.failures.WithLabelValues(t.Branch(), StepDelete).Inc()
 		return fmt.Errorf("self-purge of %s: deleting rows: %w", t, err)
+	}
+	if p.cfg.AfterDelete != nil {
+		p.cfg.AfterDelete(t)
 	}
 	if os.Getenv(StallEnv) == "deleted" {
 		p.log.Warn("self-purge stalled by " + StallEnv + " (crash test)")
@@ -272,6 +286,19 @@ func (p *Purger) Reconcile(ctx context.Context) (Report, error) {
 			rep.StaleCleared++
 			p.reconcile.WithLabelValues(OutcomeStaleCleared).Inc()
 			p.log.Info("stale self-purge marker cleared: re-admitted", "target", m.Target.String())
+		case d == AlreadyPurged:
+			err := p.cfg.Store.Compact(ctx)
+			if err == nil {
+				err = p.cfg.Store.Update(func(tx *store.Tx) error { return tx.Delete(store.Meta, markerKey(m.Target)) })
+			}
+			if err != nil {
+				p.failures.WithLabelValues(m.Target.Branch(), StepCompact).Inc()
+				errs = append(errs, fmt.Errorf("finishing %s: %w", m.Target, err))
+				continue
+			}
+			rep.StaleCleared++
+			p.reconcile.WithLabelValues(OutcomeStaleCleared).Inc()
+			p.log.Info("stale self-purge marker cleared: rows already gone, file compacted", "target", m.Target.String())
 		case d == StillEvicted:
 			if err := p.finish(ctx, m); err != nil {
 				errs = append(errs, err)

@@ -137,6 +137,7 @@ func TestReconcile(t *testing.T) {
 		"still evicted: finish": {rows: prefixRows{decision: StillEvicted}, outcome: OutcomeCompleted, rowsA: 0},
 		"re-admitted: clear":    {rows: prefixRows{decision: Readmitted}, outcome: OutcomeStaleCleared, rowsA: 200},
 		"undecided: keep":       {rows: prefixRows{decision: Undecided}, outcome: OutcomeKept, rowsA: 200, markers: 1},
+		"already purged: clear": {rows: prefixRows{decision: AlreadyPurged}, outcome: OutcomeStaleCleared, rowsA: 200},
 		"unreadable: keep":      {rows: prefixRows{err: errors.New("state unreadable")}, outcome: OutcomeKept, rowsA: 200, markers: 1, wantErr: true},
 	}
 	for name, tc := range cases {
