@@ -207,6 +207,13 @@ func (e *Engine) CreateGroup(ctx context.Context, ns NamespaceID, parent GroupID
 			if r.Keys.Signing == a.me.Signing {
 				continue
 			}
+			if err := usableAgreementKey(a.sp.id, r.Keys.Agreement); err != nil {
+				// One bad key (from another node's MemberAdded) must not block
+				// delivery to everyone else.
+				a.e.log.Warn("not delivering a group key to a member with an unusable agreement key",
+					"namespace", a.ns.String(), "member", r.Keys.Signing.String(), "err", err)
+				continue
+			}
 			if err := a.deliver(r.Keys, []KeyRef{{Group: g, KeyID: k.id()}}); err != nil {
 				return err
 			}
@@ -226,6 +233,9 @@ func (e *Engine) AddMember(ctx context.Context, ns NamespaceID, g GroupID, m Mem
 		}
 		if role == RoleReadOnlyTee {
 			return fmt.Errorf("%w: ReadOnlyTee is granted only by MemberJoinedViaTeeAttestation", ErrNotAuthorized)
+		}
+		if err := usableAgreementKey(a.sp.id, m.Agreement); err != nil {
+			return err
 		}
 		if _, err := a.group(g, &GroupOp{MemberAdded: &MemberAdded{Member: m, Role: role, Capabilities: caps}}); err != nil {
 			return err
@@ -251,6 +261,13 @@ func (e *Engine) RemoveMember(ctx context.Context, ns NamespaceID, g GroupID, me
 		}
 		for _, r := range sortedMembers(a.tip(), g) {
 			if r.Keys.Signing == a.me.Signing {
+				continue
+			}
+			if err := usableAgreementKey(a.sp.id, r.Keys.Agreement); err != nil {
+				// One bad key (from another node's MemberAdded) must not block
+				// delivery to everyone else.
+				a.e.log.Warn("not delivering a group key to a member with an unusable agreement key",
+					"namespace", a.ns.String(), "member", r.Keys.Signing.String(), "err", err)
 				continue
 			}
 			if err := a.deliver(r.Keys, []KeyRef{{Group: g, KeyID: k.id()}}); err != nil {

@@ -170,6 +170,22 @@ func deliveryKey(shared []byte, ns NamespaceID, sender, recipient PublicKey, sen
 	return hkdf.Key(sha256.New, shared, nil, string(info), chacha20poly1305.KeySize)
 }
 
+// usableAgreementKey reports whether an X25519 key can receive a
+// KeyDelivery: low-order points (RFC 7748 section 6.1) give an all-zero
+// shared secret, which crypto/ecdh refuses.
+func usableAgreementKey(me *identity, k AgreementKey) error {
+	peer, err := ecdh.X25519().NewPublicKey(k[:])
+	if err == nil {
+		var shared []byte
+		shared, err = me.agreement.ECDH(peer)
+		wipe(shared)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: agreement key %s cannot receive group keys: %v", ErrInvalid, k, err)
+	}
+	return nil
+}
+
 // wrapKeys builds a KeyDelivery of keys for recipient.
 func wrapKeys(ns NamespaceID, sender *identity, recipient MemberKeys, refs []KeyRef, keys []groupKey, r io.Reader) (*KeyDelivery, error) {
 	peer, err := ecdh.X25519().NewPublicKey(recipient.Agreement[:])
