@@ -216,14 +216,41 @@ func (e *Engine) load(ns NamespaceID) (*space, error) {
 		}
 		return bytes.Compare(a.op.id[:], b.op.id[:])
 	})
+	// An op that cannot be placed (parent missing, which only a damaged
+	// store can cause) or that fails its re-check (a provisional op) is
+	// dropped with its descendants rather than keeping the node from
+	// starting; the rows are deleted below.
+	var dropped []OpID
+	gone := map[OpID]bool{}
 	for _, s := range sorted {
+		var why error
 		for _, p := range s.op.body.Parents {
-			if sp.d.nodes[p] == nil {
-				return nil, fmt.Errorf("stored op %s: parent %s missing or in a cycle", s.op.id, p)
+			if gone[p] || sp.d.nodes[p] == nil {
+				why = fmt.Errorf("parent %s missing", p)
 			}
 		}
-		if _, err := sp.d.admit(s.op, s.prov, s.prov); err != nil {
-			return nil, fmt.Errorf("stored op %s no longer admits: %w", s.op.id, err)
+		if why == nil {
+			if _, err := sp.d.admit(s.op, s.prov, s.prov); err != nil {
+				why = err
+			}
+		}
+		if why != nil {
+			gone[s.op.id] = true
+			dropped = append(dropped, s.op.id)
+			e.log.Warn("dropping a stored op that no longer admits", "namespace", ns.String(), "op", s.op.id.String(), "err", why)
+		}
+	}
+	if len(dropped) > 0 {
+		err := e.st.Update(func(tx *store.Tx) error {
+			for _, id := range dropped {
+				if err := tx.Delete(store.OpLog, rowKey(prefOp, ns, id[:])); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("deleting dropped ops: %w", err)
 		}
 	}
 	sp.d.ensureTip()

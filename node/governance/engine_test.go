@@ -302,3 +302,26 @@ func TestDeleteNamespaceRowsAndForget(t *testing.T) {
 		t.Fatalf("namespaces after purge and restart: %v", nss)
 	}
 }
+
+func TestLoadDropsOrphans(t *testing.T) {
+	a := newNode(t)
+	ns, _, err := a.e.CreateNamespace(bg)
+	ok(t, err)
+	o := newNode(t)
+	k := mustT[MemberKeys](t)(o.e.JoinNamespace(ns))
+	w := mustT[[][]byte](t)(a.e.AddMember(bg, ns, ns.Root(), k, RoleMember, 0))
+	added := mustT[*decodedOp](t)(decodeOp(w[0]))
+	// Damage the store: the MemberAdded row disappears, its KeyDelivery
+	// child stays.
+	ok(t, a.st.Update(func(tx *store.Tx) error { return tx.Delete(store.OpLog, rowKey(prefOp, ns, added.id[:])) }))
+	a.restart(t)
+	if _, n, err := a.e.Heads(ns); err != nil || n != 1 {
+		t.Fatalf("after load: %d ops, %v; want the genesis op only", n, err)
+	}
+	a.restart(t) // the orphan's row is gone too
+	if _, n, _ := a.e.Heads(ns); n != 1 {
+		t.Fatalf("second load: %d ops", n)
+	}
+	must := mustT[[][]byte](t)
+	must(a.e.AddMember(bg, ns, ns.Root(), k, RoleMember, 0))
+}
