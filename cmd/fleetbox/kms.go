@@ -1,8 +1,353 @@
 package main
 
-import "context"
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
 
-// runKMS is being built; see the open issue for this verb group.
-func runKMS(_ context.Context, e *env, _ []string) int {
-	return usageErr(e, "kms: not built yet")
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/kms"
+	"github.com/fleetbox/fleetbox/kms/audit"
+	"github.com/fleetbox/fleetbox/kms/client"
+)
+
+const kmsUsage = `usage:
+  fleetbox kms serve --listen ADDR --policy FILE --state DIR [--root-secret file|dstack] [--profile NAME]
+                     [--collateral FILE | --collateral-cache DIR [--pccs-url URL]] [--attest-source auto|tdx|dstack|mock]
+  fleetbox kms get-key --url URL --identity FILE [--seal] [--mock-tdx [--mock-mrtd HEX] [--mock-rtmrN HEX]] [--out FILE]
+  fleetbox kms audit verify (--url URL [--pubkey BASE64] | --state DIR)`
+
+func runKMS(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 {
+		return usageErr(e, "kms: want serve, get-key or audit\n\n%s", kmsUsage)
+	}
+	switch args[0] {
+	case "serve":
+		return kmsServe(ctx, e, args[1:])
+	case "get-key":
+		return kmsGetKey(ctx, e, args[1:])
+	case "audit":
+		if len(args) < 2 || args[1] != "verify" {
+			return usageErr(e, "kms audit: want verify\n\n%s", kmsUsage)
+		}
+		return kmsAuditVerify(ctx, e, args[2:])
+	case "-h", "--help", "help":
+		fmt.Fprintln(e.stderr, kmsUsage)
+		return exitOK
+	}
+	return usageErr(e, "kms: unknown command %q\n\n%s", args[0], kmsUsage)
+}
+
+func kmsServe(ctx context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("kms serve", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	listen := fs.String("listen", "127.0.0.1:8443", "listen `address` (host:port)")
+	policyPath := fs.String("policy", "", "TeeAdmissionPolicy JSON `file` (required; reloaded on SIGHUP)")
+	state := fs.String("state", "", "state `dir`: audit log, KMS signing key, file root secret (required)")
+	rootSecret := fs.String("root-secret", "file", "root secret `provider`: file (STATE/root.secret) or dstack (the guest agent's key API)")
+	dstackSocket := fs.String("dstack-socket", kms.DefaultDstackSocket, "dstack guest agent unix `socket`")
+	dstackPath := fs.String("dstack-key-path", kms.DefaultDstackKeyPath, "key `path` asked of the dstack agent")
+	profile := fs.String("profile", kms.DefaultProfile, "image profile `name` keys are derived for")
+	attestSource := fs.String("attest-source", "auto", "where /attest quotes come from: auto (configfs-tsm if present, else mock), tdx, dstack, mock")
+	noRevocation := fs.Bool("no-revocation", false, "skip the PCK and root CRL checks")
+	ttl := fs.Duration("challenge-ttl", kms.DefaultChallengeTTL, "challenge lifetime")
+	maxPending := fs.Int("max-challenges", kms.DefaultMaxPendingChallenges, "cap on pending challenges")
+	addrFile := fs.String("addr-file", "", "write the bound address to this `file` once listening (for scripts with --listen :0)")
+	var cf collateralFlags
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() != 0 {
+		return usageErr(e, "kms serve: unexpected arguments %q", fs.Args())
+	}
+	if *policyPath == "" || *state == "" {
+		return usageErr(e, "kms serve: --policy and --state are required")
+	}
+	pol, err := attest.LoadPolicyFile(*policyPath)
+	if err != nil {
+		return usageErr(e, "kms serve: refusing to start: %v", err)
+	}
+	coll, err := cf.source(e)
+	if err != nil {
+		return usageErr(e, "kms serve: %v", err)
+	}
+	if coll == nil {
+		e.logger.Warn("no collateral configured: real quotes verify as TCB Unverified, which policies refuse; pass --collateral-cache DIR --pccs-url URL")
+	}
+	if err := os.MkdirAll(*state, 0o700); err != nil {
+		return usageErr(e, "kms serve: creating state dir: %v", err)
+	}
+
+	var secret *kms.RootSecret
+	agent := kms.NewDstackAgent(*dstackSocket)
+	switch *rootSecret {
+	case "file":
+		secret, err = kms.LoadFileRootSecret(filepath.Join(*state, kms.RootSecretFile))
+	case "dstack":
+		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		secret, err = agent.RootSecret(actx, *dstackPath)
+		cancel()
+	default:
+		return usageErr(e, "kms serve: --root-secret %q: want file or dstack", *rootSecret)
+	}
+	if err != nil {
+		return usageErr(e, "kms serve: refusing to start: %v", err)
+	}
+
+	var src attest.Source
+	switch *attestSource {
+	case "auto":
+		if s, err := attest.NewTSMSource(); err == nil {
+			src = s
+		} else {
+			e.logger.Warn("no TDX quote provider; /attest answers with MOCK quotes", "err", err)
+		}
+	case "tdx":
+		if src, err = attest.NewTSMSource(); err != nil {
+			return usageErr(e, "kms serve: --attest-source tdx: %v", err)
+		}
+	case "dstack":
+		src = agent.QuoteSource()
+	case "mock":
+	default:
+		return usageErr(e, "kms serve: --attest-source %q: want auto, tdx, dstack or mock", *attestSource)
+	}
+
+	srv, err := kms.NewServer(kms.Config{
+		StateDir:             *state,
+		RootSecret:           secret,
+		Verifier:             attest.NewVerifier(attest.VerifierConfig{Collateral: coll, SkipRevocation: *noRevocation, Logger: e.logger}),
+		Policy:               pol,
+		PolicyFile:           *policyPath,
+		Profile:              *profile,
+		Source:               src,
+		ChallengeTTL:         *ttl,
+		MaxPendingChallenges: *maxPending,
+		Logger:               e.logger,
+	})
+	if err != nil {
+		return usageErr(e, "kms serve: %v", err)
+	}
+	defer srv.Close()
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return usageErr(e, "kms serve: %v", err)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				// ReloadPolicy logs a failure and keeps the old policy.
+				srv.ReloadPolicy()
+			}
+		}
+	}()
+	if *addrFile != "" {
+		if err := os.WriteFile(*addrFile, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
+			ln.Close()
+			return usageErr(e, "kms serve: writing --addr-file: %v", err)
+		}
+	}
+	e.logger.Info("kms starting", "addr", ln.Addr().String(), "profile", *profile, "rootSecret", *rootSecret,
+		"publicKey", base64.StdEncoding.EncodeToString(srv.PublicKey()))
+	if err := srv.Run(ctx, ln); err != nil {
+		fmt.Fprintf(e.stderr, "fleetbox: kms serve: %v\n", err)
+		return exitNo
+	}
+	return exitOK
+}
+
+func kmsGetKey(ctx context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("kms get-key", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	url := fs.String("url", "", "KMS base `url` (required)")
+	identity := fs.String("identity", "", "node identity `file` (Ed25519, PEM PKCS#8; created if missing)")
+	seal := fs.Bool("seal", false, "ask for the key HPKE-sealed to an ephemeral X25519 key the quote binds")
+	mockTDX := fs.Bool("mock-tdx", false, "use a MOCK quote instead of configfs-tsm (the KMS policy must accept mock)")
+	mockMRTD := fs.String("mock-mrtd", "", "MRTD `hex` of the mock quote (default: MockMeasurement(\"mrtd\"))")
+	var mockRTMR [4]*string
+	for i := range mockRTMR {
+		mockRTMR[i] = fs.String(fmt.Sprintf("mock-rtmr%d", i), "", fmt.Sprintf("RTMR%d `hex` of the mock quote (default: MockMeasurement(\"rtmr%d\"))", i, i))
+	}
+	out := fs.String("out", "", "write the raw 32-byte key to this `file` (mode 0600) instead of hex on stdout")
+	kmsPolicy := fs.String("kms-policy", "", "check the KMS's own quote (/attest) against this policy `file` first")
+	attempts := fs.Int("attempts", 5, "tries on 5xx and network errors")
+	var cf collateralFlags
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *url == "" || *identity == "" || fs.NArg() != 0 {
+		return usageErr(e, "kms get-key: --url and --identity are required")
+	}
+	sk, created, err := client.LoadIdentity(*identity, true)
+	if err != nil {
+		return usageErr(e, "kms get-key: %v", err)
+	}
+	var src attest.Source
+	if *mockTDX {
+		mq := attest.MockQuote{MRTD: attest.MockMeasurement("mrtd")}
+		if *mockMRTD != "" {
+			if mq.MRTD, err = attest.ParseMRTD(*mockMRTD); err != nil {
+				return usageErr(e, "kms get-key: --mock-mrtd: %v", err)
+			}
+		}
+		for i, s := range mockRTMR {
+			mq.RTMR[i] = attest.MockMeasurement(fmt.Sprintf("rtmr%d", i))
+			if *s != "" {
+				if mq.RTMR[i], err = attest.ParseRTMR(*s); err != nil {
+					return usageErr(e, "kms get-key: --mock-rtmr%d: %v", i, err)
+				}
+			}
+		}
+		src = &attest.MockSource{Quote: mq}
+	} else if src, err = attest.NewTSMSource(); err != nil {
+		return usageErr(e, "kms get-key: %v (use --mock-tdx on a machine without TDX)", err)
+	}
+	c, err := client.New(client.Config{URL: *url, Identity: sk, Source: src, Seal: *seal, MaxAttempts: *attempts, Logger: e.logger})
+	if err != nil {
+		return usageErr(e, "kms get-key: %v", err)
+	}
+	if created {
+		fmt.Fprintf(e.stderr, "fleetbox: created identity %s (peer %s)\n", *identity, c.PeerID())
+	}
+	if *kmsPolicy != "" {
+		pol, err := attest.LoadPolicyFile(*kmsPolicy)
+		if err != nil {
+			return usageErr(e, "kms get-key: %v", err)
+		}
+		coll, err := cf.source(e)
+		if err != nil {
+			return usageErr(e, "kms get-key: %v", err)
+		}
+		id, err := c.CheckKMS(ctx, attest.NewVerifier(attest.VerifierConfig{Collateral: coll, Logger: e.logger}), pol)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "fleetbox: kms get-key: %v\n", err)
+			return exitNo
+		}
+		fmt.Fprintf(e.stderr, "fleetbox: KMS checked: key %s, tcb %s, mock %v\n", base64.StdEncoding.EncodeToString(id.PublicKey), id.Verdict.TcbStatus, id.Verdict.Mock)
+	}
+	key, err := c.GetKey(ctx)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "fleetbox: kms get-key: %v\n", err)
+		return exitNo
+	}
+	defer key.Wipe()
+	fmt.Fprintf(e.stderr, "fleetbox: key released for peer %s, profile %s, audit record %d, sealed %v\n", c.PeerID(), key.Profile, key.AuditSeq, key.Sealed)
+	b := key.Bytes()
+	defer clear(b)
+	if *out != "" {
+		f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err == nil {
+			_, err = f.Write(b)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			return usageErr(e, "kms get-key: writing --out: %v", err)
+		}
+		return exitOK
+	}
+	fmt.Fprintf(e.stdout, "%x\n", b)
+	return exitOK
+}
+
+type auditSummary struct {
+	OK        bool      `json:"ok"`
+	Records   uint64    `json:"records"`
+	Granted   int       `json:"granted"`
+	Denied    int       `json:"denied"`
+	HeadHash  string    `json:"headHash,omitempty"`
+	HeadTime  time.Time `json:"headTime,omitzero"`
+	PublicKey string    `json:"publicKey,omitempty"`
+	Pinned    bool      `json:"publicKeyPinned"`
+	Error     string    `json:"error,omitempty"`
+}
+
+func kmsAuditVerify(ctx context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("kms audit verify", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	url := fs.String("url", "", "KMS base `url`")
+	state := fs.String("state", "", "KMS state `dir` (the KMS must be stopped: the database is locked while it runs)")
+	pubText := fs.String("pubkey", "", "pin the KMS audit key (`base64`, from /attest or the serve log); default: the key in the state, or the one the URL serves")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if (*url == "") == (*state == "") || fs.NArg() != 0 {
+		return usageErr(e, "kms audit verify: want exactly one of --url or --state")
+	}
+	var pub ed25519.PublicKey
+	if *pubText != "" {
+		b, err := base64.StdEncoding.DecodeString(*pubText)
+		if err != nil || len(b) != ed25519.PublicKeySize {
+			return usageErr(e, "kms audit verify: --pubkey is not a base64 Ed25519 public key")
+		}
+		pub = b
+	}
+	var fetch func(after uint64) (*audit.Page, error)
+	switch {
+	case *state != "":
+		if pub == nil {
+			sk, err := kms.LoadSigningKey(filepath.Join(*state, kms.SigningKeyFile))
+			if err != nil {
+				return usageErr(e, "kms audit verify: %v", err)
+			}
+			pub = sk.Public().(ed25519.PublicKey)
+		}
+		path := filepath.Join(*state, kms.StateDBFile)
+		if _, err := os.Stat(path); err != nil {
+			return usageErr(e, "kms audit verify: %v", err)
+		}
+		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+		if err != nil {
+			return usageErr(e, "kms audit verify: opening %s (is the KMS still running?): %v", path, err)
+		}
+		defer db.Close()
+		fetch = func(after uint64) (*audit.Page, error) { return audit.ReadPage(db, after, audit.MaxPage) }
+	default:
+		c, err := client.New(client.Config{URL: *url, Identity: ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)),
+			HTTPClient: &http.Client{Timeout: 30 * time.Second}, Logger: e.logger})
+		if err != nil {
+			return usageErr(e, "kms audit verify: %v", err)
+		}
+		fetch = func(after uint64) (*audit.Page, error) { return c.AuditPage(ctx, after) }
+	}
+	v, head, err := audit.VerifyPages(fetch, pub)
+	sum := auditSummary{OK: err == nil, Records: v.Seq(), Granted: v.Granted, Denied: v.Denied, Pinned: pub != nil}
+	if err != nil {
+		sum.Error = err.Error()
+		code := exitNo
+		if !errors.Is(err, audit.ErrChain) && !errors.Is(err, audit.ErrHead) {
+			code = exitUsage
+		}
+		return printJSON(e, sum, code)
+	}
+	sum.HeadHash, sum.HeadTime = head.Hash.String(), head.Time
+	if pub != nil {
+		sum.PublicKey = base64.StdEncoding.EncodeToString(pub)
+	}
+	if !sum.Pinned {
+		fmt.Fprintln(e.stderr, "fleetbox: the head was checked with the key the KMS served; pass --pubkey to pin it")
+	}
+	return printJSON(e, sum, exitOK)
 }

@@ -13,15 +13,19 @@ import (
 	"crypto/hpke"
 	"crypto/rand"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	mathrand "math/rand/v2"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -415,4 +419,50 @@ func (c *Client) AuditPage(ctx context.Context, after uint64) (*audit.Page, erro
 // the head (then only consistency is proven).
 func (c *Client) VerifyAudit(ctx context.Context, pub ed25519.PublicKey) (*audit.ChainVerifier, audit.Head, error) {
 	return audit.VerifyPages(func(after uint64) (*audit.Page, error) { return c.AuditPage(ctx, after) }, pub)
+}
+
+// LoadIdentity reads an Ed25519 private key in PEM PKCS#8 (the node's
+// identity file format). With create, a missing file is created (mode 0600)
+// with a fresh key; created then says so.
+func LoadIdentity(path string, create bool) (sk ed25519.PrivateKey, created bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && create {
+		_, sk, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, false, err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(sk)
+		if err != nil {
+			return nil, false, err
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, false, fmt.Errorf("creating identity: %w", err)
+		}
+		if _, err := f.Write(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
+			f.Close()
+			return nil, false, fmt.Errorf("creating identity: %w", err)
+		}
+		if err := f.Close(); err != nil {
+			return nil, false, fmt.Errorf("creating identity: %w", err)
+		}
+		return sk, true, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("reading identity: %w", err)
+	}
+	defer clear(data)
+	blk, _ := pem.Decode(data)
+	if blk == nil || blk.Type != "PRIVATE KEY" {
+		return nil, false, fmt.Errorf("reading identity: %s is not a PEM PRIVATE KEY", path)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, false, fmt.Errorf("reading identity %s: %w", path, err)
+	}
+	sk, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, false, fmt.Errorf("reading identity: %s holds a %T, want Ed25519", path, k)
+	}
+	return sk, false, nil
 }
