@@ -26,7 +26,10 @@
 // Deleted data: bbolt keeps the bytes of deleted rows in free pages until they
 // are reused. Compact rewrites the live rows into a new file and renames it
 // over the old one, so deleted rows (including their cleartext row keys) leave
-// the file. The fleet-replica self-purge relies on it.
+// the file. The fleet-replica self-purge relies on it. Blocks the old file
+// occupied are freed, not overwritten: what remains on the device is sealed
+// values under the store key and row keys, on a volume the appliance keeps
+// encrypted.
 package store
 
 import (
