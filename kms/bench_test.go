@@ -75,7 +75,7 @@ func benchRelease(b *testing.B, clients int, seal bool) {
 		var seed [32]byte
 		binary.BigEndian.PutUint32(seed[:], uint32(i+1))
 		c, err := client.New(client.Config{
-			URL: "http://" + ln.Addr().String(), Identity: ed25519.NewKeyFromSeed(seed[:]), HTTPClient: hc, Seal: seal,
+			URL: "http://" + ln.Addr().String(), Identity: ed25519.NewKeyFromSeed(seed[:]), HTTPClient: hc, Seal: seal, KMSPublicKey: srv.PublicKey(),
 			Source:      &attesttest.Source{Platform: plat, Options: attesttest.QuoteOptions{MRTD: goodMRTD, RTMR: goodRTMR}},
 			MaxAttempts: 1,
 		})

@@ -2,6 +2,7 @@ package kms
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -133,7 +134,7 @@ func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleGetKey(w http.ResponseWriter, r *http.Request) {
-	resp, ev, aerr := s.release(r.Context(), w, r)
+	rel, ev, aerr := s.release(r.Context(), w, r)
 	ev.Time = s.cfg.Now().UTC()
 	ev.Profile = s.cfg.Profile
 	if aerr != nil {
@@ -162,7 +163,11 @@ func (s *Server) handleGetKey(w http.ResponseWriter, r *http.Request) {
 	}
 	s.m.grants.WithLabelValues(mode).Inc()
 	s.log.Debug("key granted", "peer", ev.PeerID, "quoteHash", ev.QuoteHash, "sealed", ev.Sealed, "auditSeq", seq)
+	resp := rel.resp
 	resp.AuditSeq = seq
+	resp.SignatureB64 = base64.StdEncoding.EncodeToString(ed25519.Sign(s.signer,
+		api.ResponseMessage(rel.challengeID, ev.PeerID, s.cfg.Profile, seq, rel.delivered)))
+	clear(rel.delivered)
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -186,7 +191,7 @@ func capDetails(d []string) []string {
 // shape, policy loaded, challenge, key/peer/signature, quote, binding,
 // policy; then derives (and seals) the key. ev collects what the audit
 // record says.
-func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Request) (resp *api.GetKeyResponse, ev audit.Event, aerr *apiError) {
+func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Request) (rel *released, ev audit.Event, aerr *apiError) {
 	body, aerr := readBody(w, r, api.MaxGetKeyBody)
 	if aerr != nil {
 		return nil, ev, aerr
@@ -267,17 +272,26 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return nil, ev, refuse(api.CodeInternal)
 	}
 	defer clear(key[:])
-	resp = &api.GetKeyResponse{Profile: s.cfg.Profile}
+	rel = &released{resp: &api.GetKeyResponse{Profile: s.cfg.Profile}, challengeID: req.ChallengeID}
 	if req.SealTo != nil {
 		ct, err := key.Seal(req.SealTo, s.cfg.Profile, req.PeerIDText)
 		if err != nil {
 			return nil, ev, refuse(api.CodeInvalidRequest, err.Error())
 		}
-		resp.SealedKeyB64 = base64.StdEncoding.EncodeToString(ct)
+		rel.resp.SealedKeyB64 = base64.StdEncoding.EncodeToString(ct)
+		rel.delivered = ct
 	} else {
-		resp.Key = hex.EncodeToString(key[:])
+		rel.resp.Key = hex.EncodeToString(key[:])
+		rel.delivered = append([]byte(nil), key[:]...)
 	}
-	return resp, ev, nil
+	return rel, ev, nil
+}
+
+// released is a key ready to leave, once its grant is audited.
+type released struct {
+	resp        *api.GetKeyResponse
+	challengeID string
+	delivered   []byte // the key material as sent, which the response signature covers
 }
 
 func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {

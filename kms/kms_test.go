@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -642,5 +644,52 @@ func TestProtobufPublicKey(t *testing.T) {
 	p.PubKey, _ = crypto.MarshalPublicKey(pk)
 	if r := h.send(t, p); r.status != 200 {
 		t.Fatalf("%+v", r)
+	}
+}
+
+// A node that pinned its KMS's key accepts only answers the KMS signed: a
+// proxy that swaps the key (even sealing its own key to the node) is caught.
+func TestResponseSignature(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	n := newNode(t, h, 1, goodMRTD)
+	ctx := context.Background()
+	for _, seal := range []bool{false, true} {
+		c, _ := client.New(client.Config{URL: h.url, Identity: n.sk, Source: n.src, Seal: seal, KMSPublicKey: h.srv.PublicKey(), MaxAttempts: 1})
+		if _, err := c.GetKey(ctx); err != nil {
+			t.Fatalf("seal %v: %v", seal, err)
+		}
+	}
+	other := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{5}, 32)).Public().(ed25519.PublicKey)
+	c, _ := client.New(client.Config{URL: h.url, Identity: n.sk, Source: n.src, KMSPublicKey: other, MaxAttempts: 1})
+	if _, err := c.GetKey(ctx); !errors.Is(err, client.ErrKMSNotTrusted) {
+		t.Fatalf("answer checked against another key: %v", err)
+	}
+
+	target, _ := url.Parse(h.url)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(r *http.Response) error {
+		if r.Request.URL.Path != api.PathGetKey || r.StatusCode != 200 {
+			return nil
+		}
+		var resp api.GetKeyResponse
+		json.NewDecoder(r.Body).Decode(&resp)
+		r.Body.Close()
+		resp.Key = strings.Repeat("00", 32)
+		b, _ := json.Marshal(resp)
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		r.ContentLength = int64(len(b))
+		r.Header.Del("Content-Length")
+		return nil
+	}
+	ps := httptest.NewServer(proxy)
+	defer ps.Close()
+	unpinned, _ := client.New(client.Config{URL: ps.URL, Identity: n.sk, Source: n.src, MaxAttempts: 1})
+	k, err := unpinned.GetKey(ctx)
+	if err != nil || !bytes.Equal(k.Bytes(), make([]byte, 32)) {
+		t.Fatalf("the proxy did not swap the key (test is broken): %v", err)
+	}
+	pinned, _ := client.New(client.Config{URL: ps.URL, Identity: n.sk, Source: n.src, KMSPublicKey: h.srv.PublicKey(), MaxAttempts: 1})
+	if _, err := pinned.GetKey(ctx); !errors.Is(err, client.ErrKMSNotTrusted) {
+		t.Fatalf("swapped key accepted by a pinned client: %v", err)
 	}
 }

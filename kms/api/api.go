@@ -7,6 +7,7 @@ package api
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -122,6 +123,10 @@ type GetKeyResponse struct {
 	Profile string `json:"profile"`
 	// AuditSeq is the audit log entry that records this release.
 	AuditSeq uint64 `json:"auditSeq"`
+	// SignatureB64 is the KMS's Ed25519 signature (the key /attest binds)
+	// over ResponseMessage, so a node that checked its KMS knows the key
+	// came from it and not from something in between.
+	SignatureB64 string `json:"signatureB64"`
 }
 
 // AttestRequest is the body of POST /attest.
@@ -347,6 +352,26 @@ func SigningMessage(challengeID string, nonce [attest.NonceSize]byte, peerID str
 	out = binary.BigEndian.AppendUint32(out, uint32(len(sealTo)))
 	out = append(out, sealTo...)
 	return out
+}
+
+// ResponseDomain separates the KMS's response signature.
+const ResponseDomain = "fleetbox/kms/get-key-response/v1"
+
+// ResponseMessage is what the KMS signs in a /get-key answer: the domain and
+// a NUL, then length-prefixed challengeId, peerId and profile, the audit
+// sequence number (8 bytes big-endian), and SHA-256 of the delivered key
+// material as sent (the 32 key bytes, or the HPKE ciphertext).
+func ResponseMessage(challengeID, peerID, profile string, auditSeq uint64, delivered []byte) []byte {
+	h := sha256.Sum256(delivered)
+	out := make([]byte, 0, len(ResponseDomain)+1+3*4+len(challengeID)+len(peerID)+len(profile)+8+32)
+	out = append(out, ResponseDomain...)
+	out = append(out, 0)
+	for _, f := range []string{challengeID, peerID, profile} {
+		out = binary.BigEndian.AppendUint32(out, uint32(len(f)))
+		out = append(out, f...)
+	}
+	out = binary.BigEndian.AppendUint64(out, auditSeq)
+	return append(out, h[:]...)
 }
 
 // BindingFor returns what SHA-256 covers in the second half of a key

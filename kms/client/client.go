@@ -27,6 +27,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -49,6 +50,10 @@ type Config struct {
 	// Seal asks for the key sealed with HPKE to an ephemeral X25519 key that
 	// the quote binds, so nothing between node and KMS sees it.
 	Seal bool
+	// KMSPublicKey pins the KMS's Ed25519 key (the one /attest binds): every
+	// /get-key answer must carry its signature. Nil: not checked until
+	// CheckKMS succeeds, which pins the key it verified.
+	KMSPublicKey ed25519.PublicKey
 	// HTTPClient: nil means a client with a 30 s timeout.
 	HTTPClient *http.Client
 	// MaxAttempts bounds tries per call on retryable failures. Zero: 5.
@@ -68,6 +73,8 @@ type Client struct {
 	pub    crypto.PubKey
 	pubRaw []byte
 	peerID peer.ID
+	// kmsKey is the pinned KMS key (Config.KMSPublicKey or from CheckKMS).
+	kmsKey atomic.Pointer[ed25519.PublicKey]
 }
 
 // New checks cfg. It connects nothing.
@@ -103,7 +110,15 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kms client: identity: %w", err)
 	}
-	return &Client{cfg: cfg, base: strings.TrimRight(cfg.URL, "/"), hc: cfg.HTTPClient, log: lg, pub: pub, pubRaw: raw, peerID: id}, nil
+	c := &Client{cfg: cfg, base: strings.TrimRight(cfg.URL, "/"), hc: cfg.HTTPClient, log: lg, pub: pub, pubRaw: raw, peerID: id}
+	if cfg.KMSPublicKey != nil {
+		if len(cfg.KMSPublicKey) != ed25519.PublicKeySize {
+			return nil, errors.New("kms client: KMSPublicKey is not an Ed25519 public key")
+		}
+		k := append(ed25519.PublicKey(nil), cfg.KMSPublicKey...)
+		c.kmsKey.Store(&k)
+	}
+	return c, nil
 }
 
 // PeerID is the node's peer ID as the KMS sees it.
@@ -301,6 +316,9 @@ func (c *Client) getKeyOnce(ctx context.Context) (*Key, error) {
 		return nil, err
 	}
 	k := &Key{Profile: resp.Profile, AuditSeq: resp.AuditSeq, Sealed: sealTo != nil}
+	if err := c.checkResponse(ch.ChallengeID, idText, &resp); err != nil {
+		return nil, &permanentError{err}
+	}
 	switch {
 	case sealTo != nil:
 		if resp.Key != "" {
@@ -325,6 +343,31 @@ func (c *Client) getKeyOnce(ctx context.Context) (*Key, error) {
 		clear(b)
 	}
 	return k, nil
+}
+
+// checkResponse verifies the KMS's signature on a /get-key answer when a KMS
+// key is pinned.
+func (c *Client) checkResponse(challengeID, peerID string, resp *api.GetKeyResponse) error {
+	pin := c.kmsKey.Load()
+	if pin == nil {
+		return nil
+	}
+	var delivered []byte
+	var err error
+	if resp.SealedKeyB64 != "" {
+		delivered, err = base64.StdEncoding.DecodeString(resp.SealedKeyB64)
+	} else {
+		delivered, err = hex.DecodeString(resp.Key)
+	}
+	if err != nil {
+		return fmt.Errorf("get-key: %w: key material is not encoded as documented", ErrKMSNotTrusted)
+	}
+	defer clear(delivered)
+	sig, err := base64.StdEncoding.DecodeString(resp.SignatureB64)
+	if err != nil || !ed25519.Verify(*pin, api.ResponseMessage(challengeID, peerID, resp.Profile, resp.AuditSeq, delivered), sig) {
+		return fmt.Errorf("get-key: %w: the answer is not signed by the pinned KMS key", ErrKMSNotTrusted)
+	}
+	return nil
 }
 
 // OpenSealed opens an HPKE-sealed key (api.SealSuite, info
@@ -358,6 +401,7 @@ var ErrKMSNotTrusted = errors.New("kms is not trusted")
 
 // CheckKMS asks the KMS for its own quote over a fresh nonce and its signing
 // key, verifies the quote with v, checks the binding, and judges it with pol.
+// On success the key is pinned: later GetKey answers must be signed by it.
 func (c *Client) CheckKMS(ctx context.Context, v *attest.Verifier, pol *attest.Policy) (*KMSIdentity, error) {
 	if v == nil || pol == nil {
 		return nil, errors.New("kms client: CheckKMS needs a verifier and a policy")
@@ -391,6 +435,11 @@ func (c *Client) CheckKMS(ctx context.Context, v *attest.Verifier, pol *attest.P
 			return &permanentError{fmt.Errorf("%w: %w", ErrKMSNotTrusted, err)}
 		}
 		id = &KMSIdentity{PublicKey: pub, Verdict: verdict}
+		if pin := c.kmsKey.Load(); pin != nil && !pin.Equal(ed25519.PublicKey(pub)) {
+			return &permanentError{fmt.Errorf("%w: its key differs from the pinned KMSPublicKey", ErrKMSNotTrusted)}
+		}
+		k := ed25519.PublicKey(pub)
+		c.kmsKey.Store(&k)
 		return nil
 	})
 	return id, err
