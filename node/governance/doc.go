@@ -109,8 +109,16 @@
 //     member removed from a parent group stops being a member of the
 //     subgroups (inheritance) but still holds the old subgroup keys.
 //   - A member added concurrently with a removal gets the group key from its
-//     adder but not the rotated key from the remover; nothing re-delivers it
-//     automatically yet.
+//     adder but not the rotated key from the remover. KeyGaps finds such
+//     members from the DAG and RedeliverKeys (the key's creator, or any
+//     writer if the creator is gone) delivers the key; the daemon calls it
+//     periodically, it is not automatic inside Apply.
+//   - The pending queue refuses new ops when full rather than evicting old
+//     ones, so a flood of validly signed ops with unknown parents can fill
+//     it until they are refused or the node restarts; peer scoring in
+//     node/p2p is the defence.
+//   - Decoding refuses unknown fields and op variants, so every node must
+//     run a version that knows every op kind in use (no mixed versions).
 //   - The pending queue is in memory: pending ops are fetched again after a
 //     restart.
 package governance
