@@ -111,6 +111,24 @@ func (st *state) descendants(g GroupID) []GroupID {
 	return out
 }
 
+// isDescendant reports whether g is anc or lies below it.
+func (st *state) isDescendant(g, anc GroupID) bool {
+	for depth := 0; depth < 1024; depth++ {
+		gs := st.groups[g]
+		if gs == nil {
+			return false
+		}
+		if g == anc {
+			return true
+		}
+		if gs.root {
+			return false
+		}
+		g = gs.parent
+	}
+	return false
+}
+
 func (st *state) rootAdmins() int {
 	n := 0
 	for _, r := range st.groups[st.ns.Root()].members {
@@ -311,9 +329,19 @@ func (st *state) applyGroup(n *opNode) *RefusedError {
 		if gs.root && target.Role == RoleAdmin && st.rootAdmins() == 1 {
 			return invalid(id, "cannot remove the last Admin of the namespace")
 		}
+		for _, ref := range mr.SubgroupKeys {
+			if ref.Group == g || !st.isDescendant(ref.Group, g) {
+				return invalid(id, "MemberRemoved rotates the key of %s, not a subgroup of %s", shortGroup(ref.Group), shortGroup(g))
+			}
+		}
 		delete(gs.members, mr.Member)
 		if !slices.Contains(gs.keyIDs, mr.NewKeyID) {
 			gs.keyIDs = append(gs.keyIDs, mr.NewKeyID)
+		}
+		for _, ref := range mr.SubgroupKeys {
+			if sg := st.groups[ref.Group]; !slices.Contains(sg.keyIDs, ref.KeyID) {
+				sg.keyIDs = append(sg.keyIDs, ref.KeyID)
+			}
 		}
 		return nil
 

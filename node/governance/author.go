@@ -244,33 +244,59 @@ func (e *Engine) AddMember(ctx context.Context, ns NamespaceID, g GroupID, m Mem
 	})
 }
 
-// RemoveMember removes the member's direct row from g and rotates g's key:
-// the new key goes to every remaining member of g (including those who keep
-// access through a parent group), never to the removed one.
+// RemoveMember removes the member's direct row from g and rotates the keys
+// of g and of every subgroup below it: the new keys go to every remaining
+// member of each group (including those who keep access through a parent
+// group), never to the removed one.
 func (e *Engine) RemoveMember(ctx context.Context, ns NamespaceID, g GroupID, member PublicKey) ([][]byte, error) {
 	return e.author(ctx, ns, func(a *authoring) error {
 		if _, err := a.requireWriter(g); err != nil {
 			return err
 		}
-		k, err := a.newKey()
-		if err != nil {
-			return err
-		}
-		if _, err := a.group(g, &GroupOp{MemberRemoved: &MemberRemoved{Member: member, NewKeyID: k.id()}}); err != nil {
-			return err
-		}
-		for _, r := range sortedMembers(a.tip(), g) {
-			if r.Keys.Signing == a.me.Signing {
-				continue
+		groups := a.tip().descendants(g) // g first
+		sortGroups(groups[1:])
+		refs := make([]KeyRef, len(groups))
+		for i, sg := range groups {
+			k, err := a.newKey()
+			if err != nil {
+				return err
 			}
+			refs[i] = KeyRef{Group: sg, KeyID: k.id()}
+		}
+		op := &MemberRemoved{Member: member, NewKeyID: refs[0].KeyID}
+		if len(refs) > 1 {
+			op.SubgroupKeys = refs[1:]
+		}
+		if _, err := a.group(g, &GroupOp{MemberRemoved: op}); err != nil {
+			return err
+		}
+		// Group the new keys by remaining member.
+		perMember := map[PublicKey][]KeyRef{}
+		rows := map[PublicKey]*memberRow{}
+		for _, ref := range refs {
+			for _, r := range sortedMembers(a.tip(), ref.Group) {
+				if r.Keys.Signing == a.me.Signing {
+					continue
+				}
+				perMember[r.Keys.Signing] = append(perMember[r.Keys.Signing], ref)
+				rows[r.Keys.Signing] = r
+			}
+		}
+		order := make([]PublicKey, 0, len(rows))
+		for pk := range rows {
+			order = append(order, pk)
+		}
+		slices.SortFunc(order, func(x, y PublicKey) int { return bytes.Compare(x[:], y[:]) })
+		for _, pk := range order {
+			r := rows[pk]
 			if err := usableAgreementKey(a.sp.id, r.Keys.Agreement); err != nil {
 				// One bad key (from another node's MemberAdded) must not block
 				// delivery to everyone else.
 				a.e.log.Warn("not delivering a group key to a member with an unusable agreement key",
-					"namespace", a.ns.String(), "member", r.Keys.Signing.String(), "err", err)
+					"namespace", a.ns.String(), "member", pk.String(), "err", err)
 				continue
 			}
-			if err := a.deliver(r.Keys, []KeyRef{{Group: g, KeyID: k.id()}}); err != nil {
+			if err := a.deliver(r.Keys, perMember[pk]); err != nil {
 				return err
 			}
 		}

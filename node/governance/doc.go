@@ -78,7 +78,9 @@
 // # Keys
 //
 // Each group has a key ring: the key made by NamespaceCreated or
-// GroupCreated, plus a new one per MemberRemoved (its NewKeyID). A key is
+// GroupCreated, plus a new one per MemberRemoved in it or in a group above
+// it (NewKeyID, SubgroupKeys): a member removed from a group could read its
+// subgroups through inheritance, so their keys rotate too. A key is
 // named by SHA-256("fleetbox/v1/group-key-id" || key), which commits each
 // sealed op to exactly one key. KeyDelivery wraps keys for one recipient
 // with X25519 ECDH between the sender's and the recipient's namespace
@@ -105,9 +107,6 @@
 //
 // # Limits and known gaps
 //
-//   - Removal rotates only the group's own key, not its subgroups' keys: a
-//     member removed from a parent group stops being a member of the
-//     subgroups (inheritance) but still holds the old subgroup keys.
 //   - A member added concurrently with a removal gets the group key from its
 //     adder but not the rotated key from the remover. KeyGaps finds such
 //     members from the DAG and RedeliverKeys (the key's creator, or any

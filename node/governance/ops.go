@@ -101,11 +101,13 @@ type MemberAdded struct {
 }
 
 // MemberRemoved removes a member's direct row from a group and rotates the
-// group key to NewKeyID; the remover delivers the new key to every remaining
-// member, never to the removed one.
+// group key to NewKeyID, and the keys of the group's subgroups (which the
+// member could read through inheritance) to SubgroupKeys; the remover
+// delivers the new keys to every remaining member, never to the removed one.
 type MemberRemoved struct {
-	Member   PublicKey `cbor:"1,keyasint"`
-	NewKeyID KeyID     `cbor:"2,keyasint"`
+	Member       PublicKey `cbor:"1,keyasint"`
+	NewKeyID     KeyID     `cbor:"2,keyasint"`
+	SubgroupKeys []KeyRef  `cbor:"3,keyasint,omitempty"`
 }
 
 // MemberRoleSet changes a member's role. Admins only; ReadOnlyTee can be
@@ -225,6 +227,9 @@ func (g *GroupOp) check() error {
 	case g.MemberCapabilitiesSet != nil:
 		role, caps = RoleMember, g.MemberCapabilitiesSet.Capabilities
 	default:
+		if g.MemberRemoved != nil && len(g.MemberRemoved.SubgroupKeys) > MaxKeyRefs {
+			return fmt.Errorf("%w: MemberRemoved rotates %d subgroup keys, limit %d", ErrMalformed, len(g.MemberRemoved.SubgroupKeys), MaxKeyRefs)
+		}
 		return nil
 	}
 	if !role.valid() {

@@ -42,6 +42,12 @@ func keyHolders(d *dag) (creator map[KeyID]PublicKey, holders map[KeyID]map[Publ
 			}
 		case n.plain != nil && n.plain.MemberRemoved != nil:
 			introduced = &n.plain.MemberRemoved.NewKeyID
+			for _, r := range n.plain.MemberRemoved.SubgroupKeys {
+				if _, seen := creator[r.KeyID]; !seen {
+					creator[r.KeyID] = b.Signer
+				}
+				add(r.KeyID, b.Signer)
+			}
 		}
 		if introduced != nil {
 			if _, seen := creator[*introduced]; !seen {
