@@ -236,7 +236,7 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 
 	verdict, err := s.cfg.Verifier.VerifyQuoteAt(ctx, q, s.cfg.Now())
 	if err != nil {
-		if errors.Is(err, attest.ErrCollateralExpired) {
+		if errors.Is(err, attest.ErrCollateralExpired) || errors.Is(err, ErrCollateralUnavailable) {
 			s.log.Error("collateral is stale; refusing key releases until it is refreshed", "err", err)
 			return nil, ev, refuse(api.CodeCollateralUnavailable, err.Error())
 		}

@@ -79,8 +79,10 @@ type harnessOpts struct {
 	profile    string
 	stateDir   string
 	collateral *attest.Collateral
-	kmsSource  attest.Source
-	policy     []byte
+	// collateralSource, if set, replaces the static test collateral.
+	collateralSource attest.CollateralSource
+	kmsSource        attest.Source
+	policy           []byte
 }
 
 // harness is a KMS behind httptest with a test CA.
@@ -145,10 +147,14 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		t.Fatal(err)
 	}
 	h.secret = secret
+	var collSrc attest.CollateralSource = attest.StaticCollateral{C: coll}
+	if o.collateralSource != nil {
+		collSrc = o.collateralSource
+	}
 	h.srv, err = kms.NewServer(kms.Config{
 		StateDir:             h.stateDir,
 		RootSecret:           secret,
-		Verifier:             attest.NewVerifier(ca.VerifierConfig(attest.StaticCollateral{C: coll}, attesttest.Epoch)),
+		Verifier:             attest.NewVerifier(ca.VerifierConfig(collSrc, attesttest.Epoch)),
 		Policy:               pol,
 		PolicyFile:           h.policyFile,
 		Profile:              o.profile,

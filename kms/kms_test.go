@@ -169,6 +169,10 @@ func TestErrorCodes(t *testing.T) {
 			}()},
 			code: api.CodeCollateralUnavailable, status: 503,
 		},
+		"no collateral to be had": {
+			opts: harnessOpts{collateralSource: kms.CollateralSource(attest.NewCollateralCache(attest.CollateralCacheConfig{Dir: t.TempDir()}))},
+			code: api.CodeCollateralUnavailable, status: 503,
+		},
 		"report data of another nonce": {mutate: func(_ *testing.T, _ *harness, n *node, p *parts) {
 			var other [32]byte
 			p.Quote, _ = n.src.GetQuote(context.Background(), api.ReportData(other, p.PeerID, nil))

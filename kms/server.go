@@ -280,3 +280,27 @@ func (s *Server) Close() error { return s.db.Close() }
 func (s *Server) AuditPage(after uint64, limit int) (*audit.Page, error) {
 	return s.audit.Entries(after, limit)
 }
+
+// ErrCollateralUnavailable marks a failure to get collateral at all (an
+// empty cache and an unreachable PCS/PCCS): the KMS's problem, not the
+// node's, so the answer is collateral_unavailable (503) and clients retry.
+var ErrCollateralUnavailable = errors.New("collateral unavailable")
+
+// CollateralSource wraps a collateral source so that its failures carry
+// ErrCollateralUnavailable. Give the wrapped source to the Verifier.
+func CollateralSource(src attest.CollateralSource) attest.CollateralSource {
+	if src == nil {
+		return nil
+	}
+	return markedCollateral{src}
+}
+
+type markedCollateral struct{ attest.CollateralSource }
+
+func (m markedCollateral) Collateral(ctx context.Context, fmspc attest.FMSPC, ca string) (*attest.Collateral, error) {
+	c, err := m.CollateralSource.Collateral(ctx, fmspc, ca)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCollateralUnavailable, err)
+	}
+	return c, nil
+}

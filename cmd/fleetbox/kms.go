@@ -129,7 +129,7 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 	srv, err := kms.NewServer(kms.Config{
 		StateDir:             *state,
 		RootSecret:           secret,
-		Verifier:             attest.NewVerifier(attest.VerifierConfig{Collateral: coll, SkipRevocation: *noRevocation, Logger: e.logger}),
+		Verifier:             attest.NewVerifier(attest.VerifierConfig{Collateral: kms.CollateralSource(coll), SkipRevocation: *noRevocation, Logger: e.logger}),
 		Policy:               pol,
 		PolicyFile:           *policyPath,
 		Profile:              *profile,
