@@ -155,3 +155,34 @@ func BenchmarkSyncConcurrent(b *testing.B) {
 	b.ReportMetric(float64(count), "ops")
 	b.ReportMetric(float64(count)*float64(b.N)/total.Seconds(), "ops/s")
 }
+
+// BenchmarkJoinerGetsKeys measures a fresh non-member that has synced a
+// 10,000-op history as skeletons and then receives its KeyDelivery: every
+// sealed op is decrypted and every provisional op re-checked.
+func BenchmarkJoinerGetsKeys(b *testing.B) {
+	src, _, ns, _ := history(b, 10000)
+	b.ResetTimer()
+	var total time.Duration
+	for range b.N {
+		b.StopTimer()
+		var wires [][]byte
+		ok(b, src.e.OpsMissing(ns, nil, func(w []byte) error { wires = append(wires, w); return nil }))
+		j := newNode(b)
+		jk := mustT[MemberKeys](b)(j.e.JoinNamespace(ns))
+		for i := 0; i < len(wires); i += 512 {
+			j.apply(b, ns, wires[i:min(i+512, len(wires))]...)
+		}
+		add := mustT[[][]byte](b)(src.e.AddMember(bg, ns, ns.Root(), jk, RoleReadOnly, 0))
+		b.StartTimer()
+		start := time.Now()
+		res := j.apply(b, ns, add...)
+		total += time.Since(start)
+		if res.Applied != 2 {
+			b.Fatalf("%+v", res)
+		}
+		if info := mustT[*NamespaceInfo](b)(j.e.Namespace(ns)); !info.Complete {
+			b.Fatal("joiner incomplete after its keys arrived")
+		}
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/rebuild")
+}
