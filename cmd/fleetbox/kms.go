@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -12,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,7 +30,8 @@ const kmsUsage = `usage:
   fleetbox kms serve --listen ADDR --policy FILE --state DIR [--root-secret file|dstack] [--profile NAME]
                      [--collateral FILE | --collateral-cache DIR [--pccs-url URL]] [--attest-source auto|tdx|dstack|mock]
   fleetbox kms get-key --url URL --identity FILE [--seal] [--mock-tdx [--mock-mrtd HEX] [--mock-rtmrN HEX]] [--out FILE]
-  fleetbox kms audit verify (--url URL [--pubkey BASE64] | --state DIR)`
+  fleetbox kms audit verify (--url URL [--pubkey BASE64] | --state DIR)
+  fleetbox kms load --url URL [--clients N] [--duration D] [--seal] [--mock-mrtd HEX] [--mock-rtmrN HEX]`
 
 func runKMS(ctx context.Context, e *env, args []string) int {
 	if len(args) == 0 {
@@ -38,6 +42,8 @@ func runKMS(ctx context.Context, e *env, args []string) int {
 		return kmsServe(ctx, e, args[1:])
 	case "get-key":
 		return kmsGetKey(ctx, e, args[1:])
+	case "load":
+		return kmsLoad(ctx, e, args[1:])
 	case "audit":
 		if len(args) < 2 || args[1] != "verify" {
 			return usageErr(e, "kms audit: want verify\n\n%s", kmsUsage)
@@ -183,11 +189,8 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 	identity := fs.String("identity", "", "node identity `file` (Ed25519, PEM PKCS#8; created if missing)")
 	seal := fs.Bool("seal", false, "ask for the key HPKE-sealed to an ephemeral X25519 key the quote binds")
 	mockTDX := fs.Bool("mock-tdx", false, "use a MOCK quote instead of configfs-tsm (the KMS policy must accept mock)")
-	mockMRTD := fs.String("mock-mrtd", "", "MRTD `hex` of the mock quote (default: MockMeasurement(\"mrtd\"))")
-	var mockRTMR [4]*string
-	for i := range mockRTMR {
-		mockRTMR[i] = fs.String(fmt.Sprintf("mock-rtmr%d", i), "", fmt.Sprintf("RTMR%d `hex` of the mock quote (default: MockMeasurement(\"rtmr%d\"))", i, i))
-	}
+	var mf mockFlags
+	mf.register(fs)
 	out := fs.String("out", "", "write the raw 32-byte key to this `file` (mode 0600) instead of hex on stdout")
 	kmsPolicy := fs.String("kms-policy", "", "check the KMS's own quote (/attest) against this policy `file` first")
 	attempts := fs.Int("attempts", 5, "tries on 5xx and network errors")
@@ -205,21 +208,9 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 	}
 	var src attest.Source
 	if *mockTDX {
-		mq := attest.MockQuote{MRTD: attest.MockMeasurement("mrtd")}
-		if *mockMRTD != "" {
-			if mq.MRTD, err = attest.ParseMRTD(*mockMRTD); err != nil {
-				return usageErr(e, "kms get-key: --mock-mrtd: %v", err)
-			}
+		if src, err = mf.source(); err != nil {
+			return usageErr(e, "kms get-key: %v", err)
 		}
-		for i, s := range mockRTMR {
-			mq.RTMR[i] = attest.MockMeasurement(fmt.Sprintf("rtmr%d", i))
-			if *s != "" {
-				if mq.RTMR[i], err = attest.ParseRTMR(*s); err != nil {
-					return usageErr(e, "kms get-key: --mock-rtmr%d: %v", i, err)
-				}
-			}
-		}
-		src = &attest.MockSource{Quote: mq}
 	} else if src, err = attest.NewTSMSource(); err != nil {
 		return usageErr(e, "kms get-key: %v (use --mock-tdx on a machine without TDX)", err)
 	}
@@ -350,4 +341,137 @@ func kmsAuditVerify(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintln(e.stderr, "fleetbox: the head was checked with the key the KMS served; pass --pubkey to pin it")
 	}
 	return printJSON(e, sum, exitOK)
+}
+
+// mockFlags describe the mock quote of --mock-tdx and kms load.
+type mockFlags struct {
+	mrtd string
+	rtmr [4]string
+}
+
+func (m *mockFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&m.mrtd, "mock-mrtd", "", "MRTD `hex` of the mock quote (default: MockMeasurement(\"mrtd\"))")
+	for i := range m.rtmr {
+		fs.StringVar(&m.rtmr[i], fmt.Sprintf("mock-rtmr%d", i), "", fmt.Sprintf("RTMR%d `hex` of the mock quote (default: MockMeasurement(\"rtmr%d\"))", i, i))
+	}
+}
+
+func (m *mockFlags) source() (*attest.MockSource, error) {
+	mq := attest.MockQuote{MRTD: attest.MockMeasurement("mrtd")}
+	var err error
+	if m.mrtd != "" {
+		if mq.MRTD, err = attest.ParseMRTD(m.mrtd); err != nil {
+			return nil, fmt.Errorf("--mock-mrtd: %w", err)
+		}
+	}
+	for i, s := range m.rtmr {
+		mq.RTMR[i] = attest.MockMeasurement(fmt.Sprintf("rtmr%d", i))
+		if s != "" {
+			if mq.RTMR[i], err = attest.ParseRTMR(s); err != nil {
+				return nil, fmt.Errorf("--mock-rtmr%d: %w", i, err)
+			}
+		}
+	}
+	return &attest.MockSource{Quote: mq}, nil
+}
+
+type loadResult struct {
+	QuoteSource       string  `json:"quoteSource"`
+	Clients           int     `json:"clients"`
+	Releases          int     `json:"releases"`
+	Errors            int     `json:"errors"`
+	FirstError        string  `json:"firstError,omitempty"`
+	Seconds           float64 `json:"seconds"`
+	ReleasesPerSecond float64 `json:"releasesPerSecond"`
+	P50Ms             float64 `json:"p50Ms"`
+	P99Ms             float64 `json:"p99Ms"`
+}
+
+// kmsLoad drives full challenge + get-key rounds against a running KMS with
+// mock quotes (the KMS policy must accept mock) and reports releases/s and
+// latency. Mock quotes skip the quote's ECDSA verification: the figure with
+// real-format quotes comes from BenchmarkKMSRelease.
+func kmsLoad(ctx context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("kms load", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	url := fs.String("url", "", "KMS base `url` (required)")
+	clients := fs.Int("clients", 8, "concurrent clients, each with its own identity")
+	duration := fs.Duration("duration", 10*time.Second, "how long to run")
+	seal := fs.Bool("seal", false, "ask for sealed keys")
+	var mf mockFlags
+	mf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *url == "" || *clients < 1 || *duration <= 0 || fs.NArg() != 0 {
+		return usageErr(e, "kms load: --url is required; --clients and --duration must be positive")
+	}
+	src, err := mf.source()
+	if err != nil {
+		return usageErr(e, "kms load: %v", err)
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 2 * *clients, IdleConnTimeout: time.Minute}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	fmt.Fprintln(e.stderr, "fleetbox: kms load uses MOCK quotes: the KMS skips quote signature checks for them, so this measures the service around verification")
+	ctx, cancel := context.WithTimeout(ctx, *duration)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		lat      []time.Duration
+		nErr     int
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	start := time.Now()
+	for range *clients {
+		_, sk, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return usageErr(e, "kms load: %v", err)
+		}
+		c, err := client.New(client.Config{URL: *url, Identity: sk, Source: src, Seal: *seal, HTTPClient: hc, MaxAttempts: 1})
+		if err != nil {
+			return usageErr(e, "kms load: %v", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				k, err := c.GetKey(ctx)
+				d := time.Since(t0)
+				if ctx.Err() != nil {
+					return
+				}
+				mu.Lock()
+				if err != nil {
+					nErr++
+					if firstErr == nil {
+						firstErr = err
+					}
+				} else {
+					k.Wipe()
+					lat = append(lat, d)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	res := loadResult{QuoteSource: "mock", Clients: *clients, Releases: len(lat), Errors: nErr, Seconds: elapsed.Seconds()}
+	if firstErr != nil {
+		res.FirstError = firstErr.Error()
+	}
+	if len(lat) > 0 {
+		res.ReleasesPerSecond = float64(len(lat)) / elapsed.Seconds()
+		res.P50Ms = float64(lat[len(lat)/2].Microseconds()) / 1000
+		res.P99Ms = float64(lat[len(lat)*99/100].Microseconds()) / 1000
+	}
+	code := exitOK
+	if nErr > 0 {
+		code = exitNo
+	}
+	return printJSON(e, res, code)
 }
