@@ -56,6 +56,20 @@ func (n *Node) adminHandler() http.Handler {
 		}
 		return n.JoinNamespace(r.Context(), ns)
 	})
+	route("POST /v1/namespaces/{ns}/fleet-join", func(r *http.Request) (any, error) {
+		ns, err := pathNS(r)
+		if err != nil {
+			return nil, err
+		}
+		return n.FleetJoin(r.Context(), ns)
+	})
+	route("GET /v1/namespaces/{ns}/fleet", func(r *http.Request) (any, error) {
+		ns, err := pathNS(r)
+		if err != nil {
+			return nil, err
+		}
+		return n.FleetStatus(ns)
+	})
 	route("GET /v1/namespaces/{ns}", func(r *http.Request) (any, error) {
 		ns, err := pathNS(r)
 		if err != nil {

@@ -186,6 +186,18 @@ func (c *Client) SetPolicy(ctx context.Context, ns string, p *Policy) (*OpResult
 	return &r, c.Do(ctx, http.MethodPut, nsPath(ns, "policy"), p, &r)
 }
 
+// FleetJoin makes the node a candidate fleet replica of ns.
+func (c *Client) FleetJoin(ctx context.Context, ns string) (*FleetJoinResult, error) {
+	var out FleetJoinResult
+	return &out, c.Do(ctx, http.MethodPost, nsPath(ns, "fleet-join"), struct{}{}, &out)
+}
+
+// FleetStatus reports the node's standing as a fleet replica of ns.
+func (c *Client) FleetStatus(ctx context.Context, ns string) (*FleetStatus, error) {
+	var out FleetStatus
+	return &out, c.Do(ctx, http.MethodGet, nsPath(ns, "fleet"), nil, &out)
+}
+
 // IsNotFound reports whether err is a 404 from the admin API.
 func IsNotFound(err error) bool {
 	var se *StatusError

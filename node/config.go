@@ -40,6 +40,8 @@ type FileConfig struct {
 	HeartbeatInterval Duration `json:"heartbeatInterval"`
 	// StoreKeyFile, if set, holds the store key (32 raw bytes or 64 hex).
 	StoreKeyFile string `json:"storeKeyFile,omitempty"`
+	// FleetJoin lists namespaces (hex ids) to fleet-join at start.
+	FleetJoin []string `json:"fleetJoin,omitempty"`
 }
 
 // Duration is a time.Duration written as text ("30s") in JSON.
@@ -97,6 +99,10 @@ type Config struct {
 	InsecureDevKey bool
 	// NoSync skips fdatasync in the store (tests and benchmarks only).
 	NoSync bool
+	// Fleet configures fleet-join and the checking of other replicas.
+	Fleet FleetConfig
+	// KMS, if set, supplies the store key (before any file or credential).
+	KMS *KMSConfig
 	// Version is reported by the status route.
 	Version string
 	Logger  *slog.Logger

@@ -44,6 +44,9 @@ type Node struct {
 	net       *p2p.Network
 	keySource storeKeySource
 	adminAddr string
+	fleet     *fleetState
+	bg        *errgroup.Group // goroutines started after Run began
+	bgCtx     context.Context
 
 	mu sync.Mutex // serialises local op authoring and publishing
 }
@@ -100,7 +103,7 @@ func (n *Node) Token() string { return n.token }
 // everything it opened.
 func (n *Node) Run(ctx context.Context) error {
 	n.started = time.Now()
-	key, src, err := loadStoreKey(&n.cfg, n.log)
+	key, src, err := n.storeKey(ctx)
 	if err != nil {
 		return err
 	}
@@ -122,6 +125,10 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	n.eng = eng
+	n.fleet = n.newFleet(st)
+	if err := n.fleet.reconcile(ctx); err != nil {
+		return err
+	}
 
 	pn, err := p2p.New(p2p.Config{
 		Identity:          n.id,
@@ -131,6 +138,8 @@ func (n *Node) Run(ctx context.Context) error {
 		HeartbeatInterval: time.Duration(n.cfg.HeartbeatInterval),
 		Logger:            n.log.With("component", "p2p"),
 		Registerer:        n.reg,
+		OnAnnounce:        n.fleet.onAnnounce,
+		OnApplied:         func(ns p2p.NamespaceID, _ int) { n.fleet.onApplied(governance.NamespaceID(ns)) },
 	})
 	if err != nil {
 		return err
@@ -151,7 +160,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	n.bg, n.bgCtx = g, gctx
 	g.Go(func() error { return pn.Run(gctx) })
+	g.Go(func() error { n.fleet.runPurges(gctx); return nil })
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin API: %w", err)
@@ -171,6 +182,7 @@ func (n *Node) Run(ctx context.Context) error {
 			return nil
 		}
 		n.log.Info("node running", "peer", pn.ID(), "admin", n.AdminURL(), "storeKey", string(src), "addrs", pn.Addrs())
+		n.fleet.resume(gctx)
 		close(n.ready)
 		return nil
 	})
@@ -179,6 +191,11 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Info("node shutting down")
 	}
 	return err
+}
+
+// goRun runs fn on the node's run context (valid after Run started).
+func (n *Node) goRun(fn func(ctx context.Context)) {
+	n.bg.Go(func() error { fn(n.bgCtx); return nil })
 }
 
 // listenAdmin listens on the admin address; check() made sure it is loopback.

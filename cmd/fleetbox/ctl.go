@@ -37,6 +37,9 @@ commands:
   member caps --ns NS [--group G] KEY CAPS
   policy set --ns NS FILE                  set the TeeAdmissionPolicy (JSON file)
   policy get --ns NS
+  fleet-join --namespace NS                become a candidate fleet replica of NS: announce
+                                           a quote until admitted as ReadOnlyTee
+  fleet-status --namespace NS              admitted, group key held, still announcing
 
 ROLE is Admin, Member or ReadOnly. CAPS are names joined by "," (for example
 MANAGE_MEMBERS,CAN_CREATE_SUBGROUP) or a number. KEY is a member's signing key
@@ -88,7 +91,7 @@ func runCtl(ctx context.Context, e *env, args []string) int {
 	}
 	cmd, rest := rest[0], rest[1:]
 	sub := ""
-	if len(rest) > 0 && cmd != "status" && cmd != "peers" {
+	if len(rest) > 0 && cmd != "status" && cmd != "peers" && cmd != "fleet-join" && cmd != "fleet-status" {
 		sub, rest = rest[0], rest[1:]
 	}
 	switch cmd + " " + sub {
@@ -120,6 +123,10 @@ func runCtl(ctx context.Context, e *env, args []string) int {
 		return c.policySet(ctx, rest)
 	case "policy get":
 		return c.policyGet(ctx, rest)
+	case "fleet-join ":
+		return c.fleetJoin(ctx, rest)
+	case "fleet-status ":
+		return c.fleetStatus(ctx, rest)
 	}
 	fmt.Fprintf(e.stderr, "fleetbox: ctl: unknown command %q\n\n", strings.TrimSpace(cmd+" "+sub))
 	fmt.Fprint(e.stderr, ctlUsage)

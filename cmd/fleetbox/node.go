@@ -14,13 +14,22 @@ import (
 const nodeUsage = `usage: fleetbox node init --home DIR [--listen ADDR,...] [--admin-addr HOST:PORT]
        fleetbox node run  --home DIR [--listen ADDR,...] [--bootstrap ADDR,...]
                           [--admin-addr HOST:PORT] [--heartbeat 30s]
-                          [--store-key-file FILE | --insecure-dev-key]
+                          [--store-key-file FILE | --insecure-dev-key | --kms URL [--kms-policy FILE]]
+                          [--tdx | --mock-tdx [--mock-mrtd HEX] [--mock-rtmrN HEX]]
+                          [--fleet-join NS ...] [--collateral FILE | --collateral-cache DIR [--pccs-url URL]]
+       fleetbox node self-purge reconcile --home DIR [store key flags]
 
 init creates the node identity (Ed25519, also its libp2p peer id), an admin
 token and a config file in DIR; run starts the daemon. The store key comes
 from --store-key-file, else the systemd credential store-key
 ($CREDENTIALS_DIRECTORY/store-key), else, only with --insecure-dev-key, a key
-generated in DIR (development only).
+generated in DIR (development only). With --kms the node gets its store key
+from the KMS first, proving itself with a quote from --tdx (configfs-tsm) or
+--mock-tdx. --fleet-join makes the node a candidate read-only fleet replica
+(ReadOnlyTee) of a namespace; --collateral* give the collateral this node uses
+when it checks other replicas' quotes. self-purge reconcile finishes purges an
+eviction started and a crash interrupted (run it before the node, from a
+systemd oneshot).
 `
 
 // listFlag collects repeated or comma-separated values.
@@ -46,6 +55,8 @@ func runNode(ctx context.Context, e *env, args []string) int {
 		return nodeInit(e, args[1:])
 	case "run":
 		return nodeRun(ctx, e, args[1:])
+	case "self-purge":
+		return nodeSelfPurge(ctx, e, args[1:])
 	case "-h", "--help", "help":
 		fmt.Fprint(e.stderr, nodeUsage)
 		return exitOK
@@ -98,6 +109,8 @@ func nodeRun(ctx context.Context, e *env, args []string) int {
 	heartbeat := fs.Duration("heartbeat", 0, "heads heartbeat interval (overrides the config file; default 30s)")
 	keyFile := fs.String("store-key-file", "", "file with the 32-byte store key (raw or 64 hex digits)")
 	devKey := fs.Bool("insecure-dev-key", false, "without a key file or credential, generate a store key in the home directory (INSECURE, development only)")
+	var ff fleetFlags
+	ff.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -124,13 +137,17 @@ func nodeRun(ctx context.Context, e *env, args []string) int {
 	if *keyFile != "" {
 		fc.StoreKeyFile = *keyFile
 	}
-	n, err := node.New(node.Config{
+	cfg := node.Config{
 		Home:           *home,
 		FileConfig:     fc,
 		InsecureDevKey: *devKey,
 		Version:        version,
 		Logger:         e.logger,
-	})
+	}
+	if err := ff.apply(e, &cfg); err != nil {
+		return usageErr(e, "node run: %v", err)
+	}
+	n, err := node.New(cfg)
 	if err != nil {
 		return usageErr(e, "node run: %v", err)
 	}

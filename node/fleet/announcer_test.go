@@ -81,3 +81,29 @@ func TestAnnouncerStopsOnCancel(t *testing.T) {
 		t.Fatalf("cancellation is not an error: %v", err)
 	}
 }
+
+func TestHeadTracker(t *testing.T) {
+	tr := NewHeadTracker()
+	t0 := time.Unix(1000, 0)
+	a, b, c := [32]byte{1}, [32]byte{2}, [32]byte{3}
+	Observe(tr, testNS, [][32]byte{a}, t0)
+	Observe(tr, testNS, [][32]byte{b, c}, t0.Add(time.Minute))
+	cases := map[string]struct {
+		head  [32]byte
+		age   time.Duration
+		known bool
+	}{
+		"current":    {b, 0, true},
+		"superseded": {a, 2 * time.Minute, true},
+		"never seen": {[32]byte{9}, 0, false},
+	}
+	for name, tc := range cases {
+		age, known := tr.Age(testNS, tc.head, t0.Add(3*time.Minute))
+		if age != tc.age || known != tc.known {
+			t.Errorf("%s: age %v known %v, want %v %v", name, age, known, tc.age, tc.known)
+		}
+	}
+	if _, known := tr.Age([32]byte{0x77}, a, t0); known {
+		t.Error("head known in another namespace")
+	}
+}

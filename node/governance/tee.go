@@ -2,6 +2,7 @@ package governance
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"slices"
 
@@ -253,4 +254,17 @@ func (e *Engine) ForgetKeys(ns NamespaceID, ids []KeyID) {
 	for _, id := range ids {
 		delete(sp.d.keys, id)
 	}
+}
+
+// IdentityKeys returns this node's namespace identity secret signing key and
+// its X25519 public key, for signing TeeAttestationAnnounces. The caller
+// must not keep the secret longer than it needs it.
+func (e *Engine) IdentityKeys(ns NamespaceID) (ed25519.PrivateKey, [32]byte, error) {
+	sp, err := e.space(ns)
+	if err != nil {
+		return nil, [32]byte{}, err
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return slices.Clone(sp.id.signing), [32]byte(sp.id.public().Agreement), nil
 }

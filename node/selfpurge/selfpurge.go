@@ -21,6 +21,7 @@ package selfpurge
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,16 +59,17 @@ func (t Target) String() string {
 	return fmt.Sprintf("subgroup %x of namespace %x", t.Group[:8], t.Namespace[:8])
 }
 
-// markerPrefix is this package's key prefix in the Meta column.
+// markerPrefix is this package's key prefix in the Meta column. A marker's
+// row key is the prefix and a random id, never the namespace id: row keys
+// are cleartext, and the marker is cleared after the compaction, so its key
+// stays in a freed page. The target lives in the sealed value.
 const markerPrefix = "selfpurge/pending/"
 
-func markerKey(t Target) []byte {
-	k := append([]byte(markerPrefix), t.Namespace[:]...)
-	return append(k, t.Group[:]...)
-}
+func markerKey(m Marker) []byte { return append([]byte(markerPrefix), m.ID[:]...) }
 
 // Marker is a PendingSelfPurge record.
 type Marker struct {
+	ID      [16]byte  `json:"id"`
 	Target  Target    `json:"target"`
 	Member  [32]byte  `json:"member"` // the evicted namespace identity
 	Created time.Time `json:"created"`
@@ -184,6 +186,9 @@ func (p *Purger) Purge(ctx context.Context, t Target, member [32]byte) error {
 	p.sem <- struct{}{}
 	defer func() { <-p.sem }()
 	m := Marker{Target: t, Member: member, Created: time.Now().UTC()}
+	if _, err := rand.Read(m.ID[:]); err != nil {
+		return err
+	}
 	if err := p.cfg.Store.Update(func(tx *store.Tx) error { return putMarker(tx, m) }); err != nil {
 		p.failures.WithLabelValues(t.Branch(), StepMarker).Inc()
 		return fmt.Errorf("self-purge of %s: writing the marker: %w", t, err)
@@ -223,7 +228,7 @@ func (p *Purger) finish(ctx context.Context, m Marker) error {
 		p.failures.WithLabelValues(t.Branch(), StepCompact).Inc()
 		return fmt.Errorf("self-purge of %s: compacting: %w", t, err)
 	}
-	if err := p.cfg.Store.Update(func(tx *store.Tx) error { return tx.Delete(store.Meta, markerKey(t)) }); err != nil {
+	if err := p.cfg.Store.Update(func(tx *store.Tx) error { return tx.Delete(store.Meta, markerKey(m)) }); err != nil {
 		p.failures.WithLabelValues(t.Branch(), StepClearMarker).Inc()
 		return fmt.Errorf("self-purge of %s: clearing the marker: %w", t, err)
 	}
@@ -278,7 +283,7 @@ func (p *Purger) Reconcile(ctx context.Context) (Report, error) {
 			p.reconcile.WithLabelValues(OutcomeKept).Inc()
 			p.log.Warn("self-purge marker kept: cannot decide", "target", m.Target.String())
 		case d == Readmitted:
-			if err := p.cfg.Store.Update(func(tx *store.Tx) error { return tx.Delete(store.Meta, markerKey(m.Target)) }); err != nil {
+			if err := p.cfg.Store.Update(func(tx *store.Tx) error { return tx.Delete(store.Meta, markerKey(m)) }); err != nil {
 				p.failures.WithLabelValues(m.Target.Branch(), StepClearMarker).Inc()
 				errs = append(errs, err)
 				continue
@@ -289,7 +294,7 @@ func (p *Purger) Reconcile(ctx context.Context) (Report, error) {
 		case d == AlreadyPurged:
 			err := p.cfg.Store.Compact(ctx)
 			if err == nil {
-				err = p.cfg.Store.Update(func(tx *store.Tx) error { return tx.Delete(store.Meta, markerKey(m.Target)) })
+				err = p.cfg.Store.Update(func(tx *store.Tx) error { return tx.Delete(store.Meta, markerKey(m)) })
 			}
 			if err != nil {
 				p.failures.WithLabelValues(m.Target.Branch(), StepCompact).Inc()
@@ -332,5 +337,5 @@ func putMarker(tx *store.Tx, m Marker) error {
 	if err != nil {
 		return err
 	}
-	return tx.Put(store.Meta, markerKey(m.Target), b)
+	return tx.Put(store.Meta, markerKey(m), b)
 }

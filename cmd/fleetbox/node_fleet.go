@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+
+	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/node"
+)
+
+// quoteFlags choose where a node's quotes come from: configfs-tsm (--tdx)
+// or a MOCK quote (--mock-tdx, with chosen measurements).
+type quoteFlags struct {
+	tdx, mock bool
+	mrtd      string
+	rtmr      [4]string
+}
+
+func (q *quoteFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&q.tdx, "tdx", false, "get quotes from TDX hardware (configfs-tsm)")
+	fs.BoolVar(&q.mock, "mock-tdx", false, "use MOCK quotes (no hardware; only a policy with acceptMock admits them)")
+	fs.StringVar(&q.mrtd, "mock-mrtd", "", "MRTD `hex` of mock quotes (default: MockMeasurement(\"mrtd\"))")
+	for i := range q.rtmr {
+		fs.StringVar(&q.rtmr[i], fmt.Sprintf("mock-rtmr%d", i), "", fmt.Sprintf("RTMR%d `hex` of mock quotes (default: MockMeasurement(\"rtmr%d\"))", i, i))
+	}
+}
+
+// source returns the chosen source, or nil when neither flag is set.
+func (q *quoteFlags) source() (attest.Source, error) {
+	switch {
+	case q.tdx && q.mock:
+		return nil, errors.New("--tdx and --mock-tdx are exclusive")
+	case q.tdx:
+		return attest.NewTSMSource()
+	case q.mock:
+		mq := attest.MockQuote{MRTD: attest.MockMeasurement("mrtd")}
+		var err error
+		if q.mrtd != "" {
+			if mq.MRTD, err = attest.ParseMRTD(q.mrtd); err != nil {
+				return nil, fmt.Errorf("--mock-mrtd: %w", err)
+			}
+		}
+		for i, s := range q.rtmr {
+			mq.RTMR[i] = attest.MockMeasurement(fmt.Sprintf("rtmr%d", i))
+			if s != "" {
+				if mq.RTMR[i], err = attest.ParseRTMR(s); err != nil {
+					return nil, fmt.Errorf("--mock-rtmr%d: %w", i, err)
+				}
+			}
+		}
+		return &attest.MockSource{Quote: mq}, nil
+	}
+	return nil, nil
+}
+
+// fleetFlags are the node's fleet-replica and KMS settings.
+type fleetFlags struct {
+	quotes    quoteFlags
+	coll      collateralFlags
+	kmsURL    string
+	kmsPolicy string
+	kmsSeal   bool
+	join      listFlag
+}
+
+func (f *fleetFlags) register(fs *flag.FlagSet) {
+	f.quotes.register(fs)
+	f.coll.register(fs)
+	fs.StringVar(&f.kmsURL, "kms", "", "get the store key from the KMS at this `url` (needs --tdx or --mock-tdx)")
+	fs.StringVar(&f.kmsPolicy, "kms-policy", "", "check the KMS's own quote against this policy `file` before trusting it")
+	fs.BoolVar(&f.kmsSeal, "kms-seal", true, "ask the KMS for the key HPKE-sealed to a key the quote binds")
+	fs.Var(&f.join, "fleet-join", "fleet-join this namespace `id` at start (repeatable; adds to the config file's)")
+}
+
+// apply fills the node config from the flags.
+func (f *fleetFlags) apply(e *env, cfg *node.Config) error {
+	src, err := f.quotes.source()
+	if err != nil {
+		return err
+	}
+	cfg.Fleet.QuoteSource = src
+	coll, err := f.coll.source(e)
+	if err != nil {
+		return err
+	}
+	if coll != nil {
+		cfg.Fleet.Verifier = attest.NewVerifier(attest.VerifierConfig{Collateral: coll, Logger: e.logger})
+	}
+	cfg.FleetJoin = append(cfg.FleetJoin, f.join...)
+	if f.kmsURL != "" {
+		if src == nil {
+			return errors.New("--kms needs a quote source: --tdx, or --mock-tdx on a machine without TDX")
+		}
+		k := &node.KMSConfig{URL: f.kmsURL, Seal: f.kmsSeal, Verifier: cfg.Fleet.Verifier}
+		if f.kmsPolicy != "" {
+			if k.Policy, err = attest.LoadPolicyFile(f.kmsPolicy); err != nil {
+				return err
+			}
+		}
+		cfg.KMS = k
+	}
+	if src != nil && src.Kind() == "mock" {
+		e.logger.Warn("MOCK TDX: this node's quotes are mock quotes; no hardware backs them")
+	}
+	return nil
+}
+
+// nodeSelfPurge runs `fleetbox node self-purge reconcile`.
+func nodeSelfPurge(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 || args[0] != "reconcile" {
+		return usageErr(e, "node self-purge: want reconcile\n\n  fleetbox node self-purge reconcile --home DIR [store key flags]")
+	}
+	fs := flag.NewFlagSet("node self-purge reconcile", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	home := fs.String("home", "", "node home directory")
+	keyFile := fs.String("store-key-file", "", "file with the 32-byte store key")
+	devKey := fs.Bool("insecure-dev-key", false, "use the development key in the home directory (INSECURE)")
+	var ff fleetFlags
+	ff.register(fs)
+	if err := fs.Parse(args[1:]); err != nil {
+		return exitUsage
+	}
+	if *home == "" || fs.NArg() != 0 {
+		return usageErr(e, "node self-purge reconcile: --home DIR is required")
+	}
+	fc, err := node.LoadFileConfig(*home)
+	if err != nil {
+		return usageErr(e, "node self-purge reconcile: %v", err)
+	}
+	if *keyFile != "" {
+		fc.StoreKeyFile = *keyFile
+	}
+	cfg := node.Config{Home: *home, FileConfig: fc, InsecureDevKey: *devKey, Version: version, Logger: e.logger}
+	if err := ff.apply(e, &cfg); err != nil {
+		return usageErr(e, "node self-purge reconcile: %v", err)
+	}
+	rep, err := node.Reconcile(ctx, cfg)
+	if rep != nil {
+		printJSON(e, rep, exitOK)
+	}
+	if err != nil {
+		e.logger.Error("self-purge reconcile incomplete; markers kept for the next run", "err", err)
+		return exitNo
+	}
+	return exitOK
+}

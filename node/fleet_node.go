@@ -1,0 +1,661 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fleetbox/fleetbox/attest"
+	kmsclient "github.com/fleetbox/fleetbox/kms/client"
+	"github.com/fleetbox/fleetbox/node/fleet"
+	"github.com/fleetbox/fleetbox/node/governance"
+	"github.com/fleetbox/fleetbox/node/p2p"
+	"github.com/fleetbox/fleetbox/node/selfpurge"
+	"github.com/fleetbox/fleetbox/node/store"
+)
+
+// FleetConfig configures fleet replicas: this node as a candidate replica
+// (it announces with quotes from QuoteSource) and as a verifier of other
+// candidates (it checks their announces with Verifier).
+type FleetConfig struct {
+	// QuoteSource makes this node's quotes; nil: this node cannot fleet-join.
+	QuoteSource attest.Source
+	// Verifier checks candidates' quotes. Nil: the Intel root with no
+	// collateral, whose Unverified status only a mock-accepting or
+	// permissive policy admits.
+	Verifier *attest.Verifier
+	// Window is how long a superseded DAG head stays fresh in announces.
+	Window time.Duration
+	// AnnounceMinBackoff and AnnounceMaxBackoff bound re-announcing.
+	AnnounceMinBackoff, AnnounceMaxBackoff time.Duration
+}
+
+// KMSConfig makes the node fetch its store key from a KMS before it opens
+// the store: the path the appliance uses.
+type KMSConfig struct {
+	URL string
+	// Policy, if set, is checked against the KMS's own quote (/attest)
+	// before the node trusts it with a quote of its own.
+	Policy *attest.Policy
+	// Verifier checks the KMS's quote; nil: attest.NewVerifier defaults.
+	Verifier *attest.Verifier
+	// Seal asks for the key HPKE-sealed to an ephemeral key.
+	Seal       bool
+	HTTPClient *http.Client
+}
+
+// fleetState is the node's fleet-replica machinery. mu guards the maps.
+type fleetState struct {
+	n       *Node
+	checker *fleet.Checker
+	heads   *fleet.HeadTracker
+	purger  *selfpurge.Purger
+	events  chan selfpurge.Target
+	m       *fleetMetrics
+
+	mu       sync.Mutex
+	joining  map[governance.NamespaceID]chan struct{} // wake channels of running announcers
+	groups   map[governance.NamespaceID][]governance.GroupID
+	admitted map[governance.NamespaceID]bool
+	inflight map[[32]byte]bool // members being admitted by this node
+}
+
+type fleetMetrics struct {
+	refused  *prometheus.CounterVec
+	admitted prometheus.Counter
+}
+
+// fleetJoinPrefix keys, in the Config column, the namespaces this node
+// fleet-joined, so it resumes announcing after a restart and purges them
+// on eviction.
+const fleetJoinPrefix = "fleet/join/"
+
+func fleetJoinKey(ns governance.NamespaceID) []byte {
+	return append([]byte(fleetJoinPrefix), ns[:]...)
+}
+
+func (n *Node) newFleet(st *store.Store) *fleetState {
+	v := n.cfg.Fleet.Verifier
+	if v == nil {
+		v = attest.NewVerifier(attest.VerifierConfig{Logger: n.log})
+	}
+	f := &fleetState{
+		n:        n,
+		checker:  &fleet.Checker{Verifier: v, Window: n.cfg.Fleet.Window},
+		heads:    fleet.NewHeadTracker(),
+		events:   make(chan selfpurge.Target, 64),
+		joining:  map[governance.NamespaceID]chan struct{}{},
+		groups:   map[governance.NamespaceID][]governance.GroupID{},
+		admitted: map[governance.NamespaceID]bool{},
+		inflight: map[[32]byte]bool{},
+		m: &fleetMetrics{
+			refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "fleet_announces_refused_total",
+				Help: "TeeAttestationAnnounces this node refused, by reason.",
+			}, []string{"reason"}),
+			admitted: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "fleet_replicas_admitted_total",
+				Help: "Fleet replicas this node admitted (MemberJoinedViaTeeAttestation published).",
+			}),
+		},
+	}
+	n.reg.MustRegister(f.m.refused, f.m.admitted)
+	f.purger = selfpurge.New(selfpurge.Config{
+		Store: st,
+		Rows:  &purgeRows{eng: func() *governance.Engine { return n.eng }},
+		Unsubscribe: func(ns [32]byte) {
+			if n.net != nil {
+				if err := n.net.Leave(p2p.NamespaceID(ns)); err != nil {
+					n.log.Warn("leaving the namespace topic", "err", err)
+				}
+			}
+		},
+		AfterDelete: func(t selfpurge.Target) {
+			if t.Whole() {
+				n.eng.Forget(governance.NamespaceID(t.Namespace))
+				f.mu.Lock()
+				delete(f.groups, governance.NamespaceID(t.Namespace))
+				delete(f.admitted, governance.NamespaceID(t.Namespace))
+				f.mu.Unlock()
+			}
+		},
+		Registerer: n.reg,
+		Logger:     n.log.With("component", "self-purge"),
+	})
+	return f
+}
+
+// purgeRows tells the self-purge where a namespace lives in the store.
+type purgeRows struct {
+	eng func() *governance.Engine
+}
+
+func (r *purgeRows) Delete(tx *store.Tx, t selfpurge.Target) (int, error) {
+	ns := governance.NamespaceID(t.Namespace)
+	if t.Whole() {
+		n, err := governance.DeleteNamespaceRows(tx, ns)
+		if err != nil {
+			return n, err
+		}
+		if err := tx.Delete(store.Config, fleetJoinKey(ns)); err != nil {
+			return n, err
+		}
+		return n + 1, nil
+	}
+	ids, err := r.eng().GroupKeyIDs(ns, governance.GroupID(t.Group))
+	if err != nil {
+		return 0, nil // the group is gone already
+	}
+	return governance.DeleteGroupKeyRows(tx, ns, ids)
+}
+
+func (r *purgeRows) Decide(tx *store.Tx, m selfpurge.Marker) (selfpurge.Decision, error) {
+	ns := governance.NamespaceID(m.Target.Namespace)
+	has, err := governance.HasNamespaceRows(tx, ns)
+	if err != nil {
+		return selfpurge.Undecided, err
+	}
+	if !has {
+		return selfpurge.AlreadyPurged, nil
+	}
+	st, err := r.eng().TeeStatus(ns)
+	if err != nil {
+		return selfpurge.Undecided, err
+	}
+	if st.Incomplete {
+		return selfpurge.Undecided, nil
+	}
+	if m.Target.Whole() {
+		if st.Member {
+			return selfpurge.Readmitted, nil
+		}
+		return selfpurge.StillEvicted, nil
+	}
+	for _, g := range st.Groups {
+		if g == governance.GroupID(m.Target.Group) {
+			return selfpurge.Readmitted, nil
+		}
+	}
+	return selfpurge.StillEvicted, nil
+}
+
+// reconcile runs the self-purge sweep at start-up, and purges fleet-joined
+// namespaces this node was evicted from while it was not running (or whose
+// purge event was dropped).
+func (f *fleetState) reconcile(ctx context.Context) error {
+	rep, err := f.purger.Reconcile(ctx)
+	if rep != (selfpurge.Report{}) {
+		f.n.log.Info("self-purge reconcile", "completed", rep.Completed, "staleCleared", rep.StaleCleared, "kept", rep.Kept)
+	}
+	if err != nil {
+		f.n.log.Warn("self-purge reconcile left work", "err", err)
+	}
+	for _, ns := range f.joined() {
+		st, err := f.n.eng.TeeStatus(ns)
+		if err != nil {
+			continue
+		}
+		if st.Admitted && !st.Member && !st.Incomplete {
+			if perr := f.purger.Purge(ctx, selfpurge.Target{Namespace: ns}, f.me(ns)); perr != nil {
+				f.n.log.Error("self-purge at start-up", "namespace", ns.String(), "err", perr)
+			}
+			continue
+		}
+		f.remember(ns, st)
+	}
+	return nil
+}
+
+func (f *fleetState) me(ns governance.NamespaceID) [32]byte {
+	keys, err := f.n.eng.Identity(ns)
+	if err != nil {
+		return [32]byte{}
+	}
+	return keys.Signing
+}
+
+func (f *fleetState) remember(ns governance.NamespaceID, st *governance.TeeStatus) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st.Admitted && st.Member {
+		f.admitted[ns] = true
+	}
+	f.groups[ns] = st.Groups
+}
+
+// joined lists the namespaces this node fleet-joined.
+func (f *fleetState) joined() []governance.NamespaceID {
+	var out []governance.NamespaceID
+	_ = f.n.st.View(func(tx *store.Tx) error {
+		return tx.ForEach(store.Config, []byte(fleetJoinPrefix), func(k, _ []byte) error {
+			var ns governance.NamespaceID
+			copy(ns[:], k[len(fleetJoinPrefix):])
+			out = append(out, ns)
+			return nil
+		})
+	})
+	return out
+}
+
+// join makes this node a candidate replica of ns: its namespace identity,
+// the topic, a durable record, and an announcer until it is admitted.
+func (f *fleetState) join(ctx context.Context, ns governance.NamespaceID) (*FleetJoinResult, error) {
+	if f.n.cfg.Fleet.QuoteSource == nil {
+		return nil, badRequest("this node has no quote source (run with --tdx or --mock-tdx) and cannot fleet-join")
+	}
+	keys, err := f.n.eng.JoinNamespace(ns)
+	if err != nil {
+		return nil, fmt.Errorf("fleet-join: %w", err)
+	}
+	if err := f.n.st.Update(func(tx *store.Tx) error { return tx.Put(store.Config, fleetJoinKey(ns), []byte{1}) }); err != nil {
+		return nil, fmt.Errorf("fleet-join: recording the namespace: %w", err)
+	}
+	if err := f.n.net.Join(p2p.NamespaceID(ns)); err != nil {
+		return nil, err
+	}
+	f.startAnnouncer(ctx, ns)
+	return &FleetJoinResult{Namespace: ns.String(), MemberKeys: keys.String(), Source: f.n.cfg.Fleet.QuoteSource.Kind()}, nil
+}
+
+// startAnnouncer runs an announcer for ns on the node's run context unless
+// one runs or the node is admitted already.
+func (f *fleetState) startAnnouncer(_ context.Context, ns governance.NamespaceID) {
+	if st, err := f.n.eng.TeeStatus(ns); err == nil && st.Member && st.HasRootKey {
+		return
+	}
+	f.mu.Lock()
+	if _, running := f.joining[ns]; running {
+		f.mu.Unlock()
+		return
+	}
+	wake := make(chan struct{}, 1)
+	f.joining[ns] = wake
+	f.mu.Unlock()
+	id, err := f.n.eng.Identity(ns)
+	if err != nil {
+		f.n.log.Error("fleet-join: no namespace identity", "err", err)
+		return
+	}
+	sk, agreement, err := f.n.eng.IdentityKeys(ns)
+	if err != nil {
+		f.n.log.Error("fleet-join: no namespace identity", "err", err)
+		return
+	}
+	_ = id
+	a := fleet.NewAnnouncer(fleet.AnnouncerConfig{
+		Namespace: ns, Identity: sk, Agreement: agreement, Source: f.n.cfg.Fleet.QuoteSource,
+		Head: func() ([32]byte, error) {
+			heads, _, err := f.n.eng.Heads(ns)
+			if err != nil {
+				return [32]byte{}, err
+			}
+			if len(heads) == 0 {
+				return [32]byte{}, errors.New("the namespace DAG has not synced yet")
+			}
+			return heads[len(heads)-1], nil
+		},
+		Publish: func(ctx context.Context, wire []byte) error {
+			return f.n.net.PublishAnnounce(ctx, p2p.NamespaceID(ns), wire)
+		},
+		Admitted: func() bool {
+			st, err := f.n.eng.TeeStatus(ns)
+			return err == nil && st.Member && st.HasRootKey
+		},
+		Wake:       wake,
+		MinBackoff: f.n.cfg.Fleet.AnnounceMinBackoff, MaxBackoff: f.n.cfg.Fleet.AnnounceMaxBackoff,
+		Logger: f.n.log.With("component", "fleet-join", "namespace", ns.String()[:16]),
+	})
+	f.n.goRun(func(ctx context.Context) {
+		_ = a.Run(ctx)
+		f.mu.Lock()
+		delete(f.joining, ns)
+		f.mu.Unlock()
+		if st, err := f.n.eng.TeeStatus(ns); err == nil {
+			f.remember(ns, st)
+		}
+	})
+}
+
+// onApplied runs after ops from the network were applied to ns: it wakes an
+// announcer, tracks heads for announce freshness, and detects this node's
+// eviction.
+func (f *fleetState) onApplied(ns governance.NamespaceID) {
+	if heads, _, err := f.n.eng.Heads(ns); err == nil {
+		fleet.Observe(f.heads, [32]byte(ns), heads, time.Now())
+	}
+	f.mu.Lock()
+	wake := f.joining[ns]
+	f.mu.Unlock()
+	if wake != nil {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	st, err := f.n.eng.TeeStatus(ns)
+	if err != nil || st.Incomplete {
+		return
+	}
+	f.mu.Lock()
+	was := f.admitted[ns]
+	prevGroups := f.groups[ns]
+	if st.Admitted && st.Member {
+		f.admitted[ns] = true
+	}
+	f.groups[ns] = st.Groups
+	f.mu.Unlock()
+	var targets []selfpurge.Target
+	if was && st.Admitted && !st.Member {
+		targets = append(targets, selfpurge.Target{Namespace: ns})
+	} else if st.Member {
+		for _, g := range prevGroups {
+			if g != ns.Root() && !containsGroup(st.Groups, g) {
+				targets = append(targets, selfpurge.Target{Namespace: ns, Group: g})
+			}
+		}
+	}
+	for _, t := range targets {
+		select {
+		case f.events <- t:
+		default:
+			f.purger.Dropped.Inc()
+			f.n.log.Warn("self-purge event dropped; the next reconcile sweep will purge", "target", t.String())
+		}
+	}
+}
+
+func containsGroup(gs []governance.GroupID, g governance.GroupID) bool {
+	for _, x := range gs {
+		if x == g {
+			return true
+		}
+	}
+	return false
+}
+
+// runPurges executes purge events until ctx ends.
+func (f *fleetState) runPurges(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case t := <-f.events:
+			if err := f.purger.Purge(ctx, t, f.me(governance.NamespaceID(t.Namespace))); err != nil {
+				f.n.log.Error("self-purge failed; the marker stays for the reconcile sweep", "target", t.String(), "err", err)
+			}
+		}
+	}
+}
+
+// onAnnounce is the gossip validator for TeeAttestationAnnounces. Every node
+// checks shape and signature before an announce spreads; a node that may
+// admit members also judges it fully, off the validator's path.
+func (f *fleetState) onAnnounce(ctx context.Context, pns p2p.NamespaceID, from peer.ID, wire []byte) pubsub.ValidationResult {
+	ns := governance.NamespaceID(pns)
+	a, err := fleet.DecodeAnnounce(wire)
+	if err != nil {
+		f.m.refused.WithLabelValues(string(fleet.ReasonMalformed)).Inc()
+		return pubsub.ValidationReject
+	}
+	if a.Namespace != [32]byte(ns) {
+		f.m.refused.WithLabelValues(string(fleet.ReasonWrongNamespace)).Inc()
+		return pubsub.ValidationReject
+	}
+	if !a.VerifySignature() {
+		f.m.refused.WithLabelValues(string(fleet.ReasonBadSignature)).Inc()
+		return pubsub.ValidationReject
+	}
+	if from == f.n.net.ID() {
+		return pubsub.ValidationAccept // our own announce
+	}
+	view, err := f.n.eng.TeeView(ns)
+	if err != nil || !view.CanManage {
+		return pubsub.ValidationAccept // not ours to judge; let it reach those who can
+	}
+	f.mu.Lock()
+	busy := f.inflight[a.Member]
+	if !busy {
+		f.inflight[a.Member] = true
+	}
+	f.mu.Unlock()
+	if !busy {
+		f.n.goRun(func(ctx context.Context) {
+			defer func() {
+				f.mu.Lock()
+				delete(f.inflight, a.Member)
+				f.mu.Unlock()
+			}()
+			f.admit(ctx, ns, a)
+		})
+	}
+	return pubsub.ValidationAccept
+}
+
+// verifierView adapts governance's view and the head tracker to fleet.View.
+type verifierView struct {
+	*governance.TeeView
+	ns    governance.NamespaceID
+	heads *fleet.HeadTracker
+}
+
+func (v verifierView) Policy() *attest.Policy { return v.TeeView.Policy }
+func (v verifierView) HeadAge(h [32]byte) (time.Duration, bool) {
+	return v.heads.Age([32]byte(v.ns), h, time.Now())
+}
+
+// admit checks an announce and, if it passes, publishes
+// MemberJoinedViaTeeAttestation and the root keys for the replica.
+func (f *fleetState) admit(ctx context.Context, ns governance.NamespaceID, a *fleet.Announce) {
+	view, err := f.n.eng.TeeView(ns)
+	if err != nil {
+		return
+	}
+	if heads, _, err := f.n.eng.Heads(ns); err == nil {
+		fleet.Observe(f.heads, [32]byte(ns), heads, time.Now())
+	}
+	adm, err := f.checker.Check(ctx, [32]byte(ns), a, verifierView{TeeView: view, ns: ns, heads: f.heads})
+	if err != nil {
+		reasons := fleet.Reasons(err)
+		for _, r := range reasons {
+			f.m.refused.WithLabelValues(string(r)).Inc()
+		}
+		lvl := slog.LevelWarn
+		if len(reasons) == 1 && reasons[0] == fleet.ReasonAlreadyMember {
+			lvl = slog.LevelDebug // re-announces in flight while admission spreads
+		}
+		f.n.log.Log(ctx, lvl, "TeeAttestationAnnounce refused", "namespace", ns.String()[:16], "member", fmt.Sprintf("%x", a.Member[:8]), "reasons", reasons, "err", err)
+		return
+	}
+	// A short random delay lets a concurrent verifier's admission arrive
+	// first, so racing verifiers rarely both publish (both would still
+	// converge to one membership).
+	select {
+	case <-time.After(time.Duration(rand.IntN(20)) * time.Millisecond):
+	case <-ctx.Done():
+		return
+	}
+	if v, err := f.n.eng.TeeView(ns); err == nil && (v.IsMember(adm.Member) || v.QuoteUsed(adm.QuoteHash)) {
+		return
+	}
+	f.n.mu.Lock()
+	wires, err := f.n.eng.AdmitTeeMember(ctx, ns, adm)
+	if err == nil {
+		f.n.publish(ctx, ns, wires)
+	}
+	f.n.mu.Unlock()
+	if err != nil {
+		f.n.log.Warn("admitting fleet replica", "err", err)
+		return
+	}
+	f.m.admitted.Inc()
+	mode := "TDX"
+	if adm.Mock {
+		mode = "MOCK TDX"
+	}
+	f.n.log.Info("fleet replica admitted as ReadOnlyTee", "namespace", ns.String()[:16], "member", fmt.Sprintf("%x", adm.Member[:8]),
+		"mrtd", adm.MRTD.String()[:16], "tcbStatus", adm.TcbStatus, "quote", mode)
+}
+
+// FleetJoin makes this node a candidate fleet replica of ns.
+func (n *Node) FleetJoin(ctx context.Context, ns governance.NamespaceID) (*FleetJoinResult, error) {
+	return n.fleet.join(ctx, ns)
+}
+
+// FleetStatus reports this node's standing as a replica of ns.
+func (n *Node) FleetStatus(ns governance.NamespaceID) (*FleetStatus, error) {
+	st, err := n.eng.TeeStatus(ns)
+	if err != nil {
+		return nil, err
+	}
+	n.fleet.mu.Lock()
+	_, announcing := n.fleet.joining[ns]
+	n.fleet.mu.Unlock()
+	return &FleetStatus{Namespace: ns.String(), Admitted: st.Admitted && st.Member, HasGroupKey: st.HasRootKey, Announcing: announcing}, nil
+}
+
+// storeKey gets the store key from the KMS when one is configured, else
+// from a file, the systemd credential or the development key.
+func (n *Node) storeKey(ctx context.Context) (*store.Key, storeKeySource, error) {
+	if n.cfg.KMS != nil {
+		return n.storeKeyFromKMS(ctx)
+	}
+	return loadStoreKey(&n.cfg, n.log)
+}
+
+// storeKeyFromKMS gets the store key from the KMS with the node identity
+// and quote source.
+func (n *Node) storeKeyFromKMS(ctx context.Context) (*store.Key, storeKeySource, error) {
+	k := n.cfg.KMS
+	if n.cfg.Fleet.QuoteSource == nil {
+		return nil, "", errors.New("store key from the KMS needs a quote source (--tdx or --mock-tdx)")
+	}
+	c, err := kmsclient.New(kmsclient.Config{URL: k.URL, Identity: ed25519.PrivateKey(n.id), Source: n.cfg.Fleet.QuoteSource,
+		Seal: k.Seal, HTTPClient: k.HTTPClient, Logger: n.log.With("component", "kms-client")})
+	if err != nil {
+		return nil, "", err
+	}
+	if k.Policy != nil {
+		v := k.Verifier
+		if v == nil {
+			v = attest.NewVerifier(attest.VerifierConfig{})
+		}
+		if _, err := c.CheckKMS(ctx, v, k.Policy); err != nil {
+			return nil, "", fmt.Errorf("checking the KMS at %s before trusting it: %w", k.URL, err)
+		}
+	}
+	key, err := c.GetKey(ctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("getting the store key from the KMS at %s: %w", k.URL, err)
+	}
+	defer key.Wipe()
+	var sk store.Key
+	b := key.Bytes()
+	copy(sk[:], b)
+	store.Wipe(b)
+	if bytes.Equal(sk[:], make([]byte, len(sk))) {
+		return nil, "", errors.New("the KMS returned an all-zero key")
+	}
+	return &sk, storeKeySource("kms " + k.URL), nil
+}
+
+// resume starts announcers for fleet-joined namespaces (recorded, or listed
+// in the config) that are not admitted yet.
+func (f *fleetState) resume(ctx context.Context) {
+	for _, s := range f.n.cfg.FleetJoin {
+		ns, err := governance.ParseNamespaceID(s)
+		if err != nil {
+			f.n.log.Error("config fleetJoin: bad namespace id", "id", s, "err", err)
+			continue
+		}
+		if _, err := f.join(ctx, ns); err != nil {
+			f.n.log.Error("fleet-join at start", "namespace", s, "err", err)
+		}
+	}
+	for _, ns := range f.joined() {
+		if err := f.n.net.Join(p2p.NamespaceID(ns)); err != nil {
+			continue
+		}
+		f.startAnnouncer(ctx, ns)
+	}
+}
+
+// FleetJoinResult answers a fleet-join.
+type FleetJoinResult struct {
+	Namespace  string `json:"namespace"`
+	MemberKeys string `json:"memberKeys"`
+	// Source is the quote source: "tdx", or "mock" (no hardware).
+	Source string `json:"source"`
+}
+
+// FleetStatus is a node's standing as a fleet replica of a namespace.
+type FleetStatus struct {
+	Namespace   string `json:"namespace"`
+	Admitted    bool   `json:"admitted"`
+	HasGroupKey bool   `json:"hasGroupKey"`
+	Announcing  bool   `json:"announcing"`
+}
+
+// ReconcileReport is what a stand-alone reconcile sweep did.
+type ReconcileReport struct {
+	Completed    int `json:"completed"`
+	StaleCleared int `json:"staleCleared"`
+	Kept         int `json:"kept"`
+	// Evicted counts fleet-joined namespaces found evicted without a
+	// marker (an event lost to a crash) and purged now.
+	Evicted int `json:"evicted"`
+}
+
+// Reconcile runs the self-purge sweep without starting the network: what
+// `fleetbox node self-purge reconcile` does from a systemd oneshot before
+// the node starts. It opens the store with the configured key source.
+func Reconcile(ctx context.Context, cfg Config) (*ReconcileReport, error) {
+	n, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	key, src, err := n.storeKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(filepath.Join(n.cfg.Home, StoreFile), key, store.Options{NoSync: n.cfg.NoSync, Logger: n.log})
+	key.Wipe()
+	if err != nil {
+		return nil, fmt.Errorf("opening store with the %s key: %w", src, err)
+	}
+	defer st.Close()
+	n.st = st
+	if n.eng, err = n.openEngine(st); err != nil {
+		return nil, err
+	}
+	n.fleet = n.newFleet(st)
+	rep, err := n.fleet.purger.Reconcile(ctx)
+	out := &ReconcileReport{Completed: rep.Completed, StaleCleared: rep.StaleCleared, Kept: rep.Kept}
+	for _, ns := range n.fleet.joined() {
+		ts, terr := n.eng.TeeStatus(ns)
+		if terr != nil || !ts.Admitted || ts.Member || ts.Incomplete {
+			continue
+		}
+		if perr := n.fleet.purger.Purge(ctx, selfpurge.Target{Namespace: ns}, n.fleet.me(ns)); perr != nil {
+			err = errors.Join(err, perr)
+			continue
+		}
+		out.Evicted++
+	}
+	return out, err
+}
+
+// Metrics returns the node's Prometheus registry (for tests and the
+// reconcile command's report).
+func (n *Node) Metrics() *prometheus.Registry { return n.reg }
