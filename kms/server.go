@@ -141,7 +141,11 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kms: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(cfg.StateDir, StateDBFile), 0o600, &bolt.Options{Timeout: stateLockTimeout})
+	// The freelist is not synced (rebuilt by a scan after a crash): each
+	// commit writes less, and the two fsyncs per commit stay the same.
+	db, err := bolt.Open(filepath.Join(cfg.StateDir, StateDBFile), 0o600, &bolt.Options{
+		Timeout: stateLockTimeout, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("kms: opening state %s: %w", filepath.Join(cfg.StateDir, StateDBFile), err)
 	}
