@@ -155,8 +155,9 @@ func retryable(ctx context.Context, err error) bool {
 	return !errors.As(err, &pe)
 }
 
-// permanentError marks failures a retry cannot fix (a malformed answer, a
-// quote source error that is not transient is still retried: TDX can be busy).
+// permanentError marks failures a retry cannot fix: a malformed or unsigned
+// answer, an unparseable own quote. Quote source errors are retried (the TDX
+// quote provider can be busy).
 type permanentError struct{ err error }
 
 func (e *permanentError) Error() string { return e.err.Error() }
