@@ -86,6 +86,45 @@ func fleetJoinKey(ns governance.NamespaceID) []byte {
 	return append([]byte(fleetJoinPrefix), ns[:]...)
 }
 
+// fleetEvictedKey is one Config row whose sealed value lists the namespaces
+// this node was evicted from, so a configured fleetJoin does not re-join
+// them at the next start (an operator re-joins with ctl fleet-join). The
+// ids live only in the sealed value, never in a cleartext row key.
+var fleetEvictedKey = []byte("fleet/evicted")
+
+func evicted(tx *store.Tx) ([]governance.NamespaceID, error) {
+	v, err := tx.Get(store.Config, fleetEvictedKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []governance.NamespaceID
+	for len(v) >= 32 {
+		out = append(out, governance.NamespaceID(v[:32]))
+		v = v[32:]
+	}
+	return out, nil
+}
+
+func setEvicted(tx *store.Tx, ns governance.NamespaceID, on bool) error {
+	list, err := evicted(tx)
+	if err != nil {
+		return err
+	}
+	var buf []byte
+	for _, x := range list {
+		if x != ns {
+			buf = append(buf, x[:]...)
+		}
+	}
+	if on {
+		buf = append(buf, ns[:]...)
+	}
+	return tx.Put(store.Config, fleetEvictedKey, buf)
+}
+
 func (n *Node) newFleet(st *store.Store) *fleetState {
 	v := n.cfg.Fleet.Verifier
 	if v == nil {
@@ -150,6 +189,9 @@ func (r *purgeRows) Delete(tx *store.Tx, t selfpurge.Target) (int, error) {
 			return n, err
 		}
 		if err := tx.Delete(store.Config, fleetJoinKey(ns)); err != nil {
+			return n, err
+		}
+		if err := setEvicted(tx, ns, true); err != nil {
 			return n, err
 		}
 		return n + 1, nil
@@ -252,6 +294,19 @@ func (f *fleetState) joined() []governance.NamespaceID {
 // join makes this node a candidate replica of ns: its namespace identity,
 // the topic, a durable record, and an announcer until it is admitted.
 func (f *fleetState) join(ctx context.Context, ns governance.NamespaceID) (*FleetJoinResult, error) {
+	return f.joinAs(ctx, ns, true)
+}
+
+// joinAs joins ns; explicit is an operator's request, which also lifts a
+// past eviction, while a configured join at start skips evicted namespaces.
+func (f *fleetState) joinAs(ctx context.Context, ns governance.NamespaceID, explicit bool) (*FleetJoinResult, error) {
+	if !explicit {
+		var ev []governance.NamespaceID
+		_ = f.n.st.View(func(tx *store.Tx) error { var err error; ev, err = evicted(tx); return err })
+		if containsNS(ev, ns) {
+			return nil, fmt.Errorf("this node was evicted from namespace %s; not re-joining it at start (fleetbox ctl fleet-join joins it again)", ns)
+		}
+	}
 	if f.n.cfg.Fleet.QuoteSource == nil {
 		return nil, badRequest("this node has no quote source (run with --tdx or --mock-tdx) and cannot fleet-join")
 	}
@@ -259,7 +314,12 @@ func (f *fleetState) join(ctx context.Context, ns governance.NamespaceID) (*Flee
 	if err != nil {
 		return nil, fmt.Errorf("fleet-join: %w", err)
 	}
-	if err := f.n.st.Update(func(tx *store.Tx) error { return tx.Put(store.Config, fleetJoinKey(ns), []byte{1}) }); err != nil {
+	if err := f.n.st.Update(func(tx *store.Tx) error {
+		if err := setEvicted(tx, ns, false); err != nil {
+			return err
+		}
+		return tx.Put(store.Config, fleetJoinKey(ns), []byte{1})
+	}); err != nil {
 		return nil, fmt.Errorf("fleet-join: recording the namespace: %w", err)
 	}
 	if err := f.n.net.Join(p2p.NamespaceID(ns)); err != nil {
@@ -374,6 +434,15 @@ func (f *fleetState) onApplied(ns governance.NamespaceID) {
 			f.n.log.Warn("self-purge event dropped; the next reconcile sweep will purge", "target", t.String())
 		}
 	}
+}
+
+func containsNS(list []governance.NamespaceID, ns governance.NamespaceID) bool {
+	for _, x := range list {
+		if x == ns {
+			return true
+		}
+	}
+	return false
 }
 
 func containsGroup(gs []governance.GroupID, g governance.GroupID) bool {
@@ -579,8 +648,8 @@ func (f *fleetState) resume(ctx context.Context) {
 			f.n.log.Error("config fleetJoin: bad namespace id", "id", s, "err", err)
 			continue
 		}
-		if _, err := f.join(ctx, ns); err != nil {
-			f.n.log.Error("fleet-join at start", "namespace", s, "err", err)
+		if _, err := f.joinAs(ctx, ns, false); err != nil {
+			f.n.log.Warn("fleet-join at start", "namespace", s, "err", err)
 		}
 	}
 	for _, ns := range f.joined() {
