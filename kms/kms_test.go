@@ -71,7 +71,7 @@ func TestGrantPlainAndSealed(t *testing.T) {
 	if plain.Sealed || !sealed.Sealed || plain.AuditSeq != 1 || sealed.AuditSeq != 2 || plain.Profile != kms.DefaultProfile {
 		t.Fatalf("plain %+v sealed %+v", plain, sealed)
 	}
-	if s := fmt.Sprintf("%v %s %x %+v", plain, plain, plain, plain); strings.Contains(s, hex.EncodeToString(want)) {
+	if s := fmt.Sprintf("%v %s %x %+v %v %#v", plain, plain, plain, plain, *plain, *plain); strings.Contains(s, hex.EncodeToString(want)) || strings.Count(s, "redacted") != 6 {
 		t.Fatal("a formatted key shows its bytes")
 	}
 }

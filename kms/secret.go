@@ -44,10 +44,10 @@ func NewRootSecret(b []byte) (*RootSecret, error) {
 }
 
 // Format implements fmt.Formatter: the value is never printed.
-func (*RootSecret) Format(f fmt.State, _ rune) { io.WriteString(f, "RootSecret(redacted)") }
+func (RootSecret) Format(f fmt.State, _ rune) { io.WriteString(f, "RootSecret(redacted)") }
 
 // LogValue implements slog.LogValuer.
-func (*RootSecret) LogValue() slog.Value { return slog.StringValue("RootSecret(redacted)") }
+func (RootSecret) LogValue() slog.Value { return slog.StringValue("RootSecret(redacted)") }
 
 // Equal compares two root secrets in constant time.
 func (r *RootSecret) Equal(o *RootSecret) bool {
@@ -58,10 +58,13 @@ func (r *RootSecret) Equal(o *RootSecret) bool {
 type StorageKey [api.KeySize]byte
 
 // Format implements fmt.Formatter.
-func (*StorageKey) Format(f fmt.State, _ rune) { io.WriteString(f, "StorageKey(redacted)") }
+func (StorageKey) Format(f fmt.State, _ rune) { io.WriteString(f, "StorageKey(redacted)") }
+
+// MarshalText keeps the key out of JSON and other text encodings.
+func (StorageKey) MarshalText() ([]byte, error) { return []byte("StorageKey(redacted)"), nil }
 
 // LogValue implements slog.LogValuer.
-func (*StorageKey) LogValue() slog.Value { return slog.StringValue("StorageKey(redacted)") }
+func (StorageKey) LogValue() slog.Value { return slog.StringValue("StorageKey(redacted)") }
 
 // KeyInfo is the HKDF info for a storage key.
 func KeyInfo(profile, peerID string) string { return "fleetbox/storage/" + profile + "/" + peerID }

@@ -33,7 +33,8 @@ func TestFileRootSecret(t *testing.T) {
 	if err != nil || !a.Equal(b) {
 		t.Fatalf("second load: %v", err)
 	}
-	if s := fmt.Sprintf("%v %x %s %+v %#v", a, a, a, a, a); strings.Count(s, "RootSecret(redacted)") != 5 {
+	k, _ := a.DeriveKey("p", "peer")
+	if s := fmt.Sprintf("%v %x %s %+v %#v %v %v %x", a, a, a, a, a, *a, k, *k); strings.Count(s, "(redacted)") != 8 {
 		t.Fatalf("formatted root secret: %s", s)
 	}
 

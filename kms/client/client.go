@@ -252,10 +252,10 @@ func (k *Key) Equal(o *Key) bool { return subtle.ConstantTimeCompare(k.b[:], o.b
 func (k *Key) Wipe() { clear(k.b[:]) }
 
 // Format implements fmt.Formatter: the key is never printed.
-func (k *Key) Format(f fmt.State, _ rune) { io.WriteString(f, "Key(redacted)") }
+func (Key) Format(f fmt.State, _ rune) { io.WriteString(f, "Key(redacted)") }
 
 // LogValue implements slog.LogValuer.
-func (k *Key) LogValue() slog.Value { return slog.StringValue("Key(redacted)") }
+func (Key) LogValue() slog.Value { return slog.StringValue("Key(redacted)") }
 
 // GetKey runs challenge -> quote -> get-key, with a fresh challenge on each
 // retry.
