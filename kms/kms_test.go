@@ -71,6 +71,17 @@ func TestGrantPlainAndSealed(t *testing.T) {
 	if plain.Sealed || !sealed.Sealed || plain.AuditSeq != 1 || sealed.AuditSeq != 2 || plain.Profile != kms.DefaultProfile {
 		t.Fatalf("plain %+v sealed %+v", plain, sealed)
 	}
+	pg, err := h.srv.AuditPage(0, 10)
+	if err != nil || len(pg.Entries) != 2 {
+		t.Fatalf("audit: %v", err)
+	}
+	var rec audit.Record
+	json.Unmarshal(pg.Entries[1].Record, &rec)
+	if rec.Decision != audit.Granted || rec.PeerID != n.id || rec.MRTD != goodMRTD.String() || len(rec.RTMR) != 4 ||
+		rec.RTMR[2] != goodRTMR[2].String() || rec.TcbStatus != string(attest.TcbUpToDate) || !rec.Sealed || rec.Mock ||
+		len(rec.QuoteHash) != 64 || rec.Profile != kms.DefaultProfile || !rec.Time.Equal(attesttest.Epoch) {
+		t.Fatalf("grant record %+v", rec)
+	}
 	if s := fmt.Sprintf("%v %s %x %+v %v %#v", plain, plain, plain, plain, *plain, *plain); strings.Contains(s, hex.EncodeToString(want)) || strings.Count(s, "redacted") != 6 {
 		t.Fatal("a formatted key shows its bytes")
 	}
