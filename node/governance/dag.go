@@ -81,6 +81,19 @@ func newDAG(ns NamespaceID) *dag {
 		maxNonce: map[PublicKey]uint64{}, keys: map[KeyID]groupKey{}}
 }
 
+// replay applies an admitted op during a replay. Unlike a refused
+// candidate, an admitted op that has no effect still uses up its nonce, so a
+// signer can never reuse the nonce of an op that lost a conflict.
+func replay(st *state, n *opNode) *RefusedError {
+	err := st.apply(n)
+	if err != nil {
+		if b := &n.op.body; b.Nonce > st.nonces[b.Signer] {
+			st.nonces[b.Signer] = b.Nonce
+		}
+	}
+	return err
+}
+
 // ensureTip is kept for callers: the tip is always current.
 func (d *dag) ensureTip() {}
 
@@ -103,7 +116,7 @@ func (d *dag) replayFrom(q int) {
 			d.snaps = append(d.snaps, snapshot{pos: i, st: st.clone(), heads: headList(heads)})
 		}
 		n := d.order[i]
-		n.effect = st.apply(n)
+		n.effect = replay(st, n)
 		for _, p := range n.parents {
 			delete(heads, p)
 		}
@@ -165,7 +178,7 @@ func (d *dag) insert(n *opNode, applied bool) {
 		n.pos = q
 		d.order = append(d.order, n)
 		if !applied {
-			n.effect = d.tip.apply(n)
+			n.effect = replay(d.tip, n)
 		}
 		return
 	}
@@ -215,7 +228,7 @@ func (d *dag) causalState(ps []*opNode) *state {
 	st := base.st.clone()
 	for j := base.pos; j < len(d.order); j++ {
 		if n := d.order[j]; anc[n] {
-			st.apply(n)
+			replay(st, n)
 		}
 	}
 	return st

@@ -141,7 +141,7 @@ func checkInvariants(t testing.TB, d *dag) {
 			}
 			si++
 		}
-		eff := st.apply(n)
+		eff := replay(st, n)
 		if (eff == nil) != (n.effect == nil) {
 			t.Fatalf("op %d effect %v, replay says %v", i, n.effect, eff)
 		}

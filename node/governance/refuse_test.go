@@ -210,3 +210,38 @@ func (b bytesReader) Read(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// TestNonceOfInertOpIsSpent: an op that lost a conflict (no effect in the
+// total order) still uses up its signer's nonce.
+func TestNonceOfInertOpIsSpent(t *testing.T) {
+	a, b := newNode(t), newNode(t)
+	ns, _, err := a.e.CreateNamespace(bg)
+	ok(t, err)
+	bk := mustT[MemberKeys](t)(b.e.JoinNamespace(ns))
+	mustT[[][]byte](t)(a.e.AddMember(bg, ns, ns.Root(), bk, RoleAdmin, 0))
+	b.syncFrom(t, a, ns)
+	// Concurrently: a demotes b; b authors two ops, the second one higher
+	// than the demotion, so it sorts after it and has no effect.
+	mustT[[][]byte](t)(a.e.SetMemberRole(bg, ns, ns.Root(), bk.Signing, RoleReadOnly))
+	mustT[[][]byte](t)(b.e.SetMemberCapabilities(bg, ns, ns.Root(), bk.Signing, 1))
+	x := mustT[[][]byte](t)(b.e.SetMemberCapabilities(bg, ns, ns.Root(), bk.Signing, 2))[0]
+	a.syncFrom(t, b, ns)
+	xid := mustT[*decodedOp](t)(decodeOp(x)).id
+	if eff := a.e.spaces[ns].d.nodes[xid].effect; eff == nil || eff.Reason != ReasonReadOnly {
+		t.Fatalf("b's second op: effect %v, want read_only", eff)
+	}
+	mustT[[][]byte](t)(a.e.SetMemberRole(bg, ns, ns.Root(), bk.Signing, RoleAdmin))
+	b.syncFrom(t, a, ns)
+	reuse := craft(t, b, ns, func(body *opBody) {
+		body.Nonce = mustT[*decodedOp](t)(decodeOp(x)).body.Nonce
+		body.Root.GroupCreated.Group = groupID(ns, body.Signer, body.Nonce)
+	})
+	before := digest(t, a.e, ns)
+	res := a.apply(t, ns, reuse)
+	if res.Refused != 1 || !errors.Is(res.FirstRefusal, ErrNonce) {
+		t.Fatalf("nonce of an inert op reused: %+v", res)
+	}
+	if digest(t, a.e, ns) != before {
+		t.Fatal("state changed")
+	}
+}
