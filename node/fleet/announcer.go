@@ -65,12 +65,14 @@ func (a *Announcer) Run(ctx context.Context) error {
 			a.log.Info("fleet replica admitted", "namespace", fmt.Sprintf("%x", a.cfg.Namespace[:8]), "announces", attempt-1)
 			return nil
 		}
+		published := false
 		if err := a.announceOnce(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			a.log.Warn("announce failed; will retry", "attempt", attempt, "err", err)
 		} else {
+			published = true
 			a.log.Info("TeeAttestationAnnounce published", "namespace", fmt.Sprintf("%x", a.cfg.Namespace[:8]), "attempt", attempt, "source", a.cfg.Source.Kind())
 		}
 		deadline := time.NewTimer(wait)
@@ -83,13 +85,17 @@ func (a *Announcer) Run(ctx context.Context) error {
 			case <-deadline.C:
 				break waiting
 			case <-a.cfg.Wake:
-				if a.cfg.Admitted() {
+				// Admitted, or the namespace changed after a failed
+				// attempt (say the DAG synced): go on at once.
+				if a.cfg.Admitted() || !published {
 					deadline.Stop()
 					break waiting
 				}
 			}
 		}
-		wait = min(2*wait, a.cfg.MaxBackoff)
+		if published {
+			wait = min(2*wait, a.cfg.MaxBackoff)
+		}
 	}
 }
 
