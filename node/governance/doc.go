@@ -51,9 +51,10 @@
 // authorized again, against the state built so far; an op that
 // fails there (say a role change for a member a concurrent op already
 // removed, or the second of two admins removing each other after the first
-// removal took away its author's role) stays in the DAG with no effect. An
-// op whose signer's nonce is not above the signer's last applied nonce (an
-// equivocating signer) has no effect either.
+// removal took away its author's role) stays in the DAG with no effect.
+// Every admitted op spends its nonce, with effect or without, and an op
+// whose nonce is not above its signer's last one (an equivocating signer's
+// second op) has no effect either.
 //
 // Why this rule: it needs no coordination and no clocks, it is plainly
 // deterministic (the same set sorts the same way everywhere), it respects
