@@ -67,35 +67,7 @@ var testStoreKey = [32]byte{42}
 
 func startNode(t testing.TB, name, home string) *tnode {
 	t.Helper()
-	fc, err := LoadFileConfig(home)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := New(Config{Home: home, FileConfig: fc, StoreKey: &testStoreKey, NoSync: true, Logger: testLogger(name)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	select {
-	case <-n.Ready():
-	case err := <-done:
-		cancel()
-		t.Fatalf("node %s: %v", name, err)
-	}
-	tn := &tnode{Node: n, home: home, client: &Client{BaseURL: n.AdminURL(), Token: n.Token()}}
-	var once sync.Once
-	tn.stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("node %s: run: %v", name, err)
-			}
-		})
-	}
-	t.Cleanup(tn.stop)
-	return tn
+	return startNodeWith(t, name, home, nil)
 }
 
 func connect(t testing.TB, a, b *tnode) {

@@ -119,6 +119,18 @@ func (e *Engine) AdmitTeeMember(ctx context.Context, ns NamespaceID, adm *fleet.
 	})
 }
 
+// readTip runs fn with ns's space locked and its state replayed to the tip.
+func (e *Engine) readTip(ns NamespaceID, fn func(sp *space, st *state) error) error {
+	sp, err := e.space(ns)
+	if err != nil {
+		return err
+	}
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	sp.d.ensureTip()
+	return fn(sp, sp.d.tip)
+}
+
 // TeeView answers a fleet verifier's questions from the current state.
 type TeeView struct {
 	Policy    *attest.Policy
@@ -135,15 +147,15 @@ func (v *TeeView) QuoteUsed(h attest.QuoteHash) bool { _, ok := v.quotes[h]; ret
 
 // TeeView snapshots what a verifier needs to check an announce for ns.
 func (e *Engine) TeeView(ns NamespaceID) (*TeeView, error) {
-	sp, err := e.space(ns)
-	if err != nil {
-		return nil, err
-	}
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	sp.d.ensureTip()
-	st := sp.d.tip
 	v := &TeeView{members: map[PublicKey]bool{}, quotes: map[attest.QuoteHash]PublicKey{}}
+	return v, e.readTip(ns, func(sp *space, st *state) error {
+		v.fill(sp, st)
+		return nil
+	})
+}
+
+func (v *TeeView) fill(sp *space, st *state) {
+	ns := st.ns
 	for pk := range st.effectiveMembers(ns.Root()) {
 		v.members[pk] = true
 	}
@@ -158,7 +170,6 @@ func (e *Engine) TeeView(ns NamespaceID) (*TeeView, error) {
 	if r, _ := st.effective(ns.Root(), sp.id.public().Signing); r != nil && r.Role.CanWrite() && (r.Role == RoleAdmin || r.Caps.Has(ManageMembers)) {
 		v.CanManage = true
 	}
-	return v, nil
 }
 
 // TeeStatus is this node's standing as a fleet replica in a namespace.
@@ -178,16 +189,17 @@ type TeeStatus struct {
 
 // TeeStatus reports this node's fleet-replica standing in ns.
 func (e *Engine) TeeStatus(ns NamespaceID) (*TeeStatus, error) {
-	sp, err := e.space(ns)
-	if err != nil {
-		return nil, err
-	}
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	sp.d.ensureTip()
-	st := sp.d.tip
+	s := &TeeStatus{}
+	return s, e.readTip(ns, func(sp *space, st *state) error {
+		s.fill(sp, st)
+		return nil
+	})
+}
+
+func (s *TeeStatus) fill(sp *space, st *state) {
+	ns := st.ns
 	me := sp.id.public().Signing
-	s := &TeeStatus{Incomplete: st.incomplete}
+	s.Incomplete = st.incomplete
 	for _, pk := range st.quotes {
 		if pk == me {
 			s.Admitted = true
@@ -205,7 +217,6 @@ func (e *Engine) TeeStatus(ns NamespaceID) (*TeeStatus, error) {
 		}
 	}
 	sortGroups(s.Groups)
-	return s, nil
 }
 
 // HasNamespaceRows reports whether any row of ns remains.
@@ -217,18 +228,15 @@ func HasNamespaceRows(tx *store.Tx, ns NamespaceID) (bool, error) {
 
 // GroupKeyIDs lists the ids of group g's keys in ns.
 func (e *Engine) GroupKeyIDs(ns NamespaceID, g GroupID) ([]KeyID, error) {
-	sp, err := e.space(ns)
-	if err != nil {
-		return nil, err
-	}
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	sp.d.ensureTip()
-	gs := sp.d.tip.groups[g]
-	if gs == nil {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownGroup, g)
-	}
-	return slices.Clone(gs.keyIDs), nil
+	var ids []KeyID
+	return ids, e.readTip(ns, func(_ *space, st *state) error {
+		gs := st.groups[g]
+		if gs == nil {
+			return fmt.Errorf("%w: %s", ErrUnknownGroup, g)
+		}
+		ids = slices.Clone(gs.keyIDs)
+		return nil
+	})
 }
 
 // DeleteGroupKeyRows deletes, inside tx, the stored keys with the given ids.
