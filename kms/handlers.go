@@ -145,6 +145,9 @@ func (s *Server) handleGetKey(w http.ResponseWriter, r *http.Request) {
 	// The decision is on disk before the response leaves; if it cannot be
 	// recorded, no key leaves either.
 	seq, err := s.audit.Append(r.Context(), ev)
+	if err != nil && rel != nil {
+		clear(rel.delivered)
+	}
 	if err != nil {
 		s.log.Error("audit append failed; refusing", "peer", ev.PeerID, "err", err)
 		s.m.denials.WithLabelValues(api.CodeInternal).Inc()
