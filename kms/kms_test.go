@@ -705,3 +705,28 @@ func TestResponseSignature(t *testing.T) {
 		t.Fatalf("swapped key accepted by a pinned client: %v", err)
 	}
 }
+
+// If the decision cannot be recorded, no key leaves.
+func TestNoKeyWithoutAudit(t *testing.T) {
+	ca, _, coll := testCA(t)
+	pol, _ := attest.ParsePolicy(policyJSON(goodMRTD, false))
+	secret, _ := kms.NewRootSecret(make([]byte, 32))
+	clk := newClock()
+	srv, err := kms.NewServer(kms.Config{StateDir: t.TempDir(), RootSecret: secret, Policy: pol, Now: clk.Now,
+		Verifier: attest.NewVerifier(ca.VerifierConfig(attest.StaticCollateral{C: coll}, attesttest.Epoch))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	srv.RunWorkers(ctx) // returns at once: the audit writer is stopped
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	h := &harness{url: ts.URL}
+	n := newNode(t, &harness{plat: sharedCA.plat}, 1, goodMRTD)
+	r := h.send(t, h.prepare(t, n, nil))
+	if r.status != 500 || r.err.Error != api.CodeInternal || r.resp.Key != "" {
+		t.Fatalf("%+v", r)
+	}
+}
