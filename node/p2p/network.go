@@ -73,6 +73,7 @@ type Network struct {
 	ready   chan struct{}
 	gater   *gater
 	sem     chan struct{} // bounds concurrent outgoing syncs
+	serving chan struct{} // bounds concurrent answered syncs
 
 	mu      sync.Mutex // guards the fields below
 	h       host.Host
@@ -144,6 +145,7 @@ func New(cfg Config) (*Network, error) {
 		ready:   make(chan struct{}),
 		gater:   newGater(),
 		sem:     make(chan struct{}, 4),
+		serving: make(chan struct{}, maxServing),
 		topics:  map[NamespaceID]*nsTopic{},
 		syncing: map[syncKey]*syncState{},
 	}, nil

@@ -29,7 +29,12 @@ const (
 	SyncUnknownNamespace SyncCode = 1
 	SyncBadRequest       SyncCode = 2
 	SyncInternal         SyncCode = 3
+	SyncBusy             SyncCode = 4
 )
+
+// maxServing bounds the sync requests a node answers at once; more are
+// answered SyncBusy and the requester tries again on its next trigger.
+const maxServing = 8
 
 // ErrSyncRefused wraps a non-OK end frame from a responder.
 var ErrSyncRefused = errors.New("sync refused by peer")
@@ -153,6 +158,14 @@ func (n *Network) serveSync(s network.Stream) {
 	end := func(code SyncCode) {
 		_ = writeFrame(w, &SyncFrame{End: true, Code: code})
 		_ = w.Flush()
+	}
+	select {
+	case n.serving <- struct{}{}:
+		defer func() { <-n.serving }()
+	default:
+		n.metrics.syncServed.WithLabelValues("busy").Inc()
+		end(SyncBusy)
+		return
 	}
 	req, err := DecodeSyncRequest(raw)
 	if err != nil {
