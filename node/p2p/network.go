@@ -82,6 +82,10 @@ type Network struct {
 	wg      *sync.WaitGroup
 	topics  map[NamespaceID]*nsTopic
 	syncing map[syncKey]*syncState
+	// lastSync is when a sync of (ns, peer) last finished; heartbeats do
+	// not trigger another within a quarter interval, so a peer spamming
+	// heartbeats with heads it never serves cannot keep us syncing.
+	lastSync map[syncKey]time.Time
 }
 
 type nsTopic struct {
@@ -138,16 +142,17 @@ func New(cfg Config) (*Network, error) {
 		}
 	}
 	return &Network{
-		cfg:     cfg,
-		id:      id,
-		log:     cfg.Logger,
-		metrics: m,
-		ready:   make(chan struct{}),
-		gater:   newGater(),
-		sem:     make(chan struct{}, 4),
-		serving: make(chan struct{}, maxServing),
-		topics:  map[NamespaceID]*nsTopic{},
-		syncing: map[syncKey]*syncState{},
+		cfg:      cfg,
+		id:       id,
+		log:      cfg.Logger,
+		metrics:  m,
+		ready:    make(chan struct{}),
+		gater:    newGater(),
+		sem:      make(chan struct{}, 4),
+		serving:  make(chan struct{}, maxServing),
+		topics:   map[NamespaceID]*nsTopic{},
+		syncing:  map[syncKey]*syncState{},
+		lastSync: map[syncKey]time.Time{},
 	}, nil
 }
 
@@ -635,11 +640,15 @@ func (n *Network) readLoop(ctx context.Context, ns NamespaceID, sub *pubsub.Subs
 		case KindHeartbeat:
 			for _, h := range vd.env.HeadIDs() {
 				if ok, err := n.cfg.Engine.Has(ns, h); err == nil && !ok {
-					author := m.GetFrom()
-					if hh := n.host(); hh != nil && hh.Network().Connectedness(author) == network.Connected {
-						n.requestSync(ns, author)
-					} else {
-						n.requestSync(ns, m.ReceivedFrom)
+					p := m.GetFrom()
+					if hh := n.host(); hh == nil || hh.Network().Connectedness(p) != network.Connected {
+						p = m.ReceivedFrom
+					}
+					n.mu.Lock()
+					last := n.lastSync[syncKey{ns, p}]
+					n.mu.Unlock()
+					if time.Since(last) >= n.cfg.HeartbeatInterval/4 {
+						n.requestSync(ns, p)
 					}
 					break
 				}
@@ -681,6 +690,7 @@ func (n *Network) requestSync(ns NamespaceID, p peer.ID) {
 		for {
 			n.runSync(ctx, ns, p)
 			n.mu.Lock()
+			n.lastSync[k] = time.Now()
 			if !st.again || ctx.Err() != nil {
 				delete(n.syncing, k)
 				n.mu.Unlock()
