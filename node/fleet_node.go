@@ -151,9 +151,10 @@ func (n *Node) newFleet(st *store.Store) *fleetState {
 		},
 	}
 	n.reg.MustRegister(f.m.refused, f.m.admitted)
+	rows := &purgeRows{eng: func() *governance.Engine { return n.eng }, keys: map[selfpurge.Target][]governance.KeyID{}}
 	f.purger = selfpurge.New(selfpurge.Config{
 		Store: st,
-		Rows:  &purgeRows{eng: func() *governance.Engine { return n.eng }},
+		Rows:  rows,
 		Unsubscribe: func(ns [32]byte) {
 			if n.net != nil {
 				if err := n.net.Leave(p2p.NamespaceID(ns)); err != nil {
@@ -161,9 +162,27 @@ func (n *Node) newFleet(st *store.Store) *fleetState {
 				}
 			}
 		},
+		BeforeDelete: func(t selfpurge.Target) {
+			if t.Whole() {
+				// Retire first: an in-flight sync batch must not write the
+				// namespace back after its rows are deleted.
+				n.eng.Forget(governance.NamespaceID(t.Namespace))
+				return
+			}
+			// Read the subgroup's key ids now: Delete runs inside the store
+			// transaction, where taking the engine's lock could deadlock
+			// with a commit waiting for that transaction.
+			ids, err := n.eng.GroupKeyIDs(governance.NamespaceID(t.Namespace), governance.GroupID(t.Group))
+			rows.mu.Lock()
+			if err == nil {
+				rows.keys[t] = ids
+			} else {
+				delete(rows.keys, t)
+			}
+			rows.mu.Unlock()
+		},
 		AfterDelete: func(t selfpurge.Target) {
 			if t.Whole() {
-				n.eng.Forget(governance.NamespaceID(t.Namespace))
 				f.mu.Lock()
 				delete(f.groups, governance.NamespaceID(t.Namespace))
 				delete(f.admitted, governance.NamespaceID(t.Namespace))
@@ -179,6 +198,9 @@ func (n *Node) newFleet(st *store.Store) *fleetState {
 // purgeRows tells the self-purge where a namespace lives in the store.
 type purgeRows struct {
 	eng func() *governance.Engine
+
+	mu   sync.Mutex // guards keys
+	keys map[selfpurge.Target][]governance.KeyID
 }
 
 func (r *purgeRows) Delete(tx *store.Tx, t selfpurge.Target) (int, error) {
@@ -196,10 +218,10 @@ func (r *purgeRows) Delete(tx *store.Tx, t selfpurge.Target) (int, error) {
 		}
 		return n + 1, nil
 	}
-	ids, err := r.eng().GroupKeyIDs(ns, governance.GroupID(t.Group))
-	if err != nil {
-		return 0, nil // the group is gone already
-	}
+	r.mu.Lock()
+	ids := r.keys[t]
+	delete(r.keys, t)
+	r.mu.Unlock()
 	return governance.DeleteGroupKeyRows(tx, ns, ids)
 }
 

@@ -406,11 +406,11 @@ func (d *demo) namespaceStory(a, b *demoNode, image attest.MockQuote, pol *attes
 	t2 := time.Now()
 	_, err = a.client.RemoveMember(ctx, created.ID, "", keys.Signing.String())
 	purged := err == nil && d.waitFor(30*time.Second, func() bool {
-		nss, _ := r.n.Engine().Namespaces()
-		return len(nss) == 0 && counterValue(r.n.Metrics(), "self_purge_failures_total", "") == 0
+		return counterValue(r.n.Metrics(), "self_purge_completed_total", "") > 0
 	})
 	raw, _ := os.ReadFile(storePath)
-	d.check(purged && !bytes.Contains(raw, ns[:]), "member-a evicted the replica (group key rotated); the replica self-purged: no namespace rows, no trace of the namespace in its compacted store file (%s)", time.Since(t2).Round(time.Millisecond))
+	nss, _ := r.n.Engine().Namespaces()
+	d.check(purged && len(nss) == 0 && counterValue(r.n.Metrics(), "self_purge_failures_total", "") == 0 && !bytes.Contains(raw, ns[:]), "member-a evicted the replica (group key rotated); the replica self-purged: no namespace rows, no trace of the namespace in its compacted store file (%s)", time.Since(t2).Round(time.Millisecond))
 	d.say("KMS: %v keys released, %v refused; every decision is in its signed, hash-chained audit log (%s)",
 		counterValue(kmsReg, "fleetbox_kms_key_grants_total", ""), counterValue(kmsReg, "fleetbox_kms_key_denials_total", ""), filepath.Join(d.dir, "kms"))
 

@@ -36,6 +36,9 @@ func (e *Engine) author(ctx context.Context, ns NamespaceID, build func(a *autho
 	}
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
+	if sp.gone {
+		return nil, fmt.Errorf("authoring in namespace %s: %w: forgotten", ns, ErrUnknownNamespace)
+	}
 	sp.d.ensureTip()
 	if sp.d.genesis == nil {
 		return nil, fmt.Errorf("authoring in namespace %s: %w: not synced yet (no NamespaceCreated)", ns, ErrInvalid)

@@ -66,6 +66,9 @@ type space struct {
 	pending map[OpID]*pendingOp
 	waiting map[OpID][]OpID // missing parent -> pending ops waiting for it
 	refused map[OpID]Reason
+	// gone is set by Forget: a caller that fetched the space before and
+	// waited for mu must not write it back (the self-purge deletes its rows).
+	gone bool
 }
 
 type pendingOp struct {
@@ -580,6 +583,9 @@ func (e *Engine) Apply(ctx context.Context, ns NamespaceID, wires [][]byte) (App
 	}
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
+	if sp.gone {
+		return res, fmt.Errorf("%w: %s was forgotten", ErrUnknownNamespace, ns)
+	}
 	ch := &changes{}
 	for _, op := range ops {
 		e.receive(sp, op, &res, ch)
@@ -979,8 +985,9 @@ func DeleteNamespaceRows(tx *store.Tx, ns NamespaceID) (int, error) {
 }
 
 // Forget drops ns from memory: its DAG, keys (wiped), identity and pending
-// ops. Call it after DeleteNamespaceRows committed; until then a restart
-// would load the namespace again.
+// ops. The self-purge calls it before DeleteNamespaceRows: from then on no
+// call can write the namespace back, not even one already waiting for it
+// (it finds the space gone and fails with ErrUnknownNamespace).
 func (e *Engine) Forget(ns NamespaceID) {
 	e.mu.Lock()
 	sp := e.spaces[ns]
@@ -991,6 +998,7 @@ func (e *Engine) Forget(ns NamespaceID) {
 	}
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
+	sp.gone = true
 	for id, k := range sp.d.keys {
 		wipe(k[:])
 		delete(sp.d.keys, id)

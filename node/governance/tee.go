@@ -127,6 +127,9 @@ func (e *Engine) readTip(ns NamespaceID, fn func(sp *space, st *state) error) er
 	}
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
+	if sp.gone {
+		return fmt.Errorf("%w: %s was forgotten", ErrUnknownNamespace, ns)
+	}
 	sp.d.ensureTip()
 	return fn(sp, sp.d.tip)
 }

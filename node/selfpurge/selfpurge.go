@@ -107,8 +107,11 @@ type Config struct {
 	// Unsubscribe leaves the namespace topic (whole-namespace purges); nil
 	// when no network runs (the reconcile command).
 	Unsubscribe func(ns [32]byte)
+	// BeforeDelete, if set, runs before the delete transaction: the node
+	// stops everything that could write the target back (in-flight syncs).
+	BeforeDelete func(t Target)
 	// AfterDelete, if set, runs once the delete has committed (the node
-	// drops the namespace or the group keys from memory there).
+	// drops group keys from memory there).
 	AfterDelete func(t Target)
 	// Registerer receives the metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
@@ -123,6 +126,7 @@ type Purger struct {
 
 	failures  *prometheus.CounterVec
 	reconcile *prometheus.CounterVec
+	completed *prometheus.CounterVec
 	// Dropped counts purge events the node could not queue; the next
 	// reconcile sweep catches them up (self_purge_events_dropped_total).
 	Dropped prometheus.Counter
@@ -144,6 +148,9 @@ func New(cfg Config) *Purger {
 		reconcile: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "self_purge_reconcile_total", Help: "Markers handled by reconcile sweeps, by outcome.",
 		}, []string{"outcome"}),
+		completed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "self_purge_completed_total", Help: "Self-purges finished (marker cleared), by scope.",
+		}, []string{"branch"}),
 		Dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "self_purge_events_dropped_total", Help: "Self-purge events dropped because the queue was full; reconcile catches them up.",
 		}),
@@ -152,7 +159,7 @@ func New(cfg Config) *Purger {
 		p.reconcile.WithLabelValues(o)
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(p.failures, p.reconcile, p.Dropped)
+		cfg.Registerer.MustRegister(p.failures, p.reconcile, p.completed, p.Dropped)
 	}
 	return p
 }
@@ -204,6 +211,9 @@ func (p *Purger) Purge(ctx context.Context, t Target, member [32]byte) error {
 // finish runs steps 2-5 for a marker that is already durable.
 func (p *Purger) finish(ctx context.Context, m Marker) error {
 	t := m.Target
+	if p.cfg.BeforeDelete != nil {
+		p.cfg.BeforeDelete(t)
+	}
 	var n int
 	err := p.cfg.Store.Update(func(tx *store.Tx) error {
 		var err error
@@ -232,6 +242,7 @@ func (p *Purger) finish(ctx context.Context, m Marker) error {
 		p.failures.WithLabelValues(t.Branch(), StepClearMarker).Inc()
 		return fmt.Errorf("self-purge of %s: clearing the marker: %w", t, err)
 	}
+	p.completed.WithLabelValues(t.Branch()).Inc()
 	p.log.Warn("self-purge complete", "target", t.String(), "rows_deleted", n)
 	return nil
 }
