@@ -27,6 +27,11 @@ const MaxCollateralSize = 4 << 20
 // fails closed rather than trust stale revocation and TCB data.
 var ErrCollateralExpired = errors.New("collateral expired")
 
+// ErrCollateralUnavailable means no collateral could be had for a platform:
+// none cached and none fetched. It is the verifier's problem, not the
+// quote's, so a service may answer "try again later".
+var ErrCollateralUnavailable = errors.New("collateral unavailable")
+
 // Collateral is the Intel-signed data a quote is judged against: TDX TCB Info,
 // the TD quoting enclave's identity, and the PCK and root CRLs. Parsing checks
 // structure only; the Verifier checks every signature before use.

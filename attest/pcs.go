@@ -147,7 +147,7 @@ func (cc *CollateralCache) Collateral(ctx context.Context, fmspc FMSPC, ca strin
 	if e.c != nil {
 		return nil, fmt.Errorf("%w: cached collateral for fmspc %s expired at %s, and %v", ErrCollateralExpired, fmspc, e.c.Expiry().UTC().Format(time.RFC3339), refreshErr)
 	}
-	return nil, fmt.Errorf("no collateral for fmspc %s in %s, and %v", fmspc, cc.cfg.Dir, refreshErr)
+	return nil, fmt.Errorf("%w: none for fmspc %s in %s, and %v", ErrCollateralUnavailable, fmspc, cc.cfg.Dir, refreshErr)
 }
 
 // fetch gets TCB Info, QE Identity and the CRLs from the PCS API v4

@@ -117,8 +117,8 @@ func TestGoTdxGuestSamples(t *testing.T) {
 	t.Run("offline cache without files", func(t *testing.T) {
 		cache := attest.NewCollateralCache(attest.CollateralCacheConfig{Dir: t.TempDir()})
 		_, err := attest.NewVerifier(attest.VerifierConfig{Collateral: cache}).VerifyAt(ctx, testdata.RawQuote, goTdxGuestSampleTime)
-		if err == nil {
-			t.Fatal("verified without collateral")
+		if !errors.Is(err, attest.ErrCollateralUnavailable) {
+			t.Fatalf("no collateral: got %v, want ErrCollateralUnavailable", err)
 		}
 	})
 	t.Run("corrupt cache file is ignored and refetched", func(t *testing.T) {
