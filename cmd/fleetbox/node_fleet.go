@@ -4,27 +4,22 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/node"
 )
 
 // quoteFlags choose where a node's quotes come from: configfs-tsm (--tdx)
-// or a MOCK quote (--mock-tdx, with chosen measurements).
+// or a MOCK quote (--mock-tdx, with the measurements of mockFlags).
 type quoteFlags struct {
 	tdx, mock bool
-	mrtd      string
-	rtmr      [4]string
+	m         mockFlags
 }
 
 func (q *quoteFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&q.tdx, "tdx", false, "get quotes from TDX hardware (configfs-tsm)")
 	fs.BoolVar(&q.mock, "mock-tdx", false, "use MOCK quotes (no hardware; only a policy with acceptMock admits them)")
-	fs.StringVar(&q.mrtd, "mock-mrtd", "", "MRTD `hex` of mock quotes (default: MockMeasurement(\"mrtd\"))")
-	for i := range q.rtmr {
-		fs.StringVar(&q.rtmr[i], fmt.Sprintf("mock-rtmr%d", i), "", fmt.Sprintf("RTMR%d `hex` of mock quotes (default: MockMeasurement(\"rtmr%d\"))", i, i))
-	}
+	q.m.register(fs)
 }
 
 // source returns the chosen source, or nil when neither flag is set.
@@ -35,22 +30,7 @@ func (q *quoteFlags) source() (attest.Source, error) {
 	case q.tdx:
 		return attest.NewTSMSource()
 	case q.mock:
-		mq := attest.MockQuote{MRTD: attest.MockMeasurement("mrtd")}
-		var err error
-		if q.mrtd != "" {
-			if mq.MRTD, err = attest.ParseMRTD(q.mrtd); err != nil {
-				return nil, fmt.Errorf("--mock-mrtd: %w", err)
-			}
-		}
-		for i, s := range q.rtmr {
-			mq.RTMR[i] = attest.MockMeasurement(fmt.Sprintf("rtmr%d", i))
-			if s != "" {
-				if mq.RTMR[i], err = attest.ParseRTMR(s); err != nil {
-					return nil, fmt.Errorf("--mock-rtmr%d: %w", i, err)
-				}
-			}
-		}
-		return &attest.MockSource{Quote: mq}, nil
+		return q.m.source()
 	}
 	return nil, nil
 }
