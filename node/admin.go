@@ -63,6 +63,13 @@ func (n *Node) adminHandler() http.Handler {
 		}
 		return n.FleetJoin(r.Context(), ns)
 	})
+	route("DELETE /v1/namespaces/{ns}/fleet-join", func(r *http.Request) (any, error) {
+		ns, err := pathNS(r)
+		if err != nil {
+			return nil, err
+		}
+		return n.FleetLeave(ns)
+	})
 	route("GET /v1/namespaces/{ns}/fleet", func(r *http.Request) (any, error) {
 		ns, err := pathNS(r)
 		if err != nil {

@@ -192,6 +192,12 @@ func (c *Client) FleetJoin(ctx context.Context, ns string) (*FleetJoinResult, er
 	return &out, c.Do(ctx, http.MethodPost, nsPath(ns, "fleet-join"), struct{}{}, &out)
 }
 
+// FleetLeave stops announcing for ns (an admitted replica stays a member).
+func (c *Client) FleetLeave(ctx context.Context, ns string) (*FleetStatus, error) {
+	var out FleetStatus
+	return &out, c.Do(ctx, http.MethodDelete, nsPath(ns, "fleet-join"), nil, &out)
+}
+
 // FleetStatus reports the node's standing as a fleet replica of ns.
 func (c *Client) FleetStatus(ctx context.Context, ns string) (*FleetStatus, error) {
 	var out FleetStatus

@@ -66,10 +66,16 @@ type fleetState struct {
 	m       *fleetMetrics
 
 	mu       sync.Mutex
-	joining  map[governance.NamespaceID]chan struct{} // wake channels of running announcers
+	joining  map[governance.NamespaceID]*announcing // running announcers
 	groups   map[governance.NamespaceID][]governance.GroupID
 	admitted map[governance.NamespaceID]bool
 	inflight map[[32]byte]bool // members being admitted by this node
+}
+
+// announcing is a running announcer: its wake channel and how to stop it.
+type announcing struct {
+	wake chan struct{}
+	stop context.CancelFunc
 }
 
 type fleetMetrics struct {
@@ -135,7 +141,7 @@ func (n *Node) newFleet(st *store.Store) *fleetState {
 		checker:  &fleet.Checker{Verifier: v, Window: n.cfg.Fleet.Window},
 		heads:    fleet.NewHeadTracker(),
 		events:   make(chan selfpurge.Target, 64),
-		joining:  map[governance.NamespaceID]chan struct{}{},
+		joining:  map[governance.NamespaceID]*announcing{},
 		groups:   map[governance.NamespaceID][]governance.GroupID{},
 		admitted: map[governance.NamespaceID]bool{},
 		inflight: map[[32]byte]bool{},
@@ -363,7 +369,8 @@ func (f *fleetState) startAnnouncer(_ context.Context, ns governance.NamespaceID
 		return
 	}
 	wake := make(chan struct{}, 1)
-	f.joining[ns] = wake
+	actx, stop := context.WithCancel(f.n.bgCtx)
+	f.joining[ns] = &announcing{wake: wake, stop: stop}
 	f.mu.Unlock()
 	id, err := f.n.eng.Identity(ns)
 	if err != nil {
@@ -399,8 +406,9 @@ func (f *fleetState) startAnnouncer(_ context.Context, ns governance.NamespaceID
 		MinBackoff: f.n.cfg.Fleet.AnnounceMinBackoff, MaxBackoff: f.n.cfg.Fleet.AnnounceMaxBackoff,
 		Logger: f.n.log.With("component", "fleet-join", "namespace", ns.String()[:16]),
 	})
-	f.n.goRun(func(ctx context.Context) {
-		_ = a.Run(ctx)
+	f.n.goRun(func(context.Context) {
+		defer stop()
+		_ = a.Run(actx)
 		f.mu.Lock()
 		delete(f.joining, ns)
 		f.mu.Unlock()
@@ -418,14 +426,13 @@ func (f *fleetState) onApplied(ns governance.NamespaceID) {
 		fleet.Observe(f.heads, [32]byte(ns), heads, time.Now())
 	}
 	f.mu.Lock()
-	wake := f.joining[ns]
-	f.mu.Unlock()
-	if wake != nil {
+	if an := f.joining[ns]; an != nil {
 		select {
-		case wake <- struct{}{}:
+		case an.wake <- struct{}{}:
 		default:
 		}
 	}
+	f.mu.Unlock()
 	st, err := f.n.eng.TeeStatus(ns)
 	if err != nil || st.Incomplete {
 		return
@@ -602,6 +609,22 @@ func (f *fleetState) admit(ctx context.Context, ns governance.NamespaceID, a *fl
 // FleetJoin makes this node a candidate fleet replica of ns.
 func (n *Node) FleetJoin(ctx context.Context, ns governance.NamespaceID) (*FleetJoinResult, error) {
 	return n.fleet.join(ctx, ns)
+}
+
+// FleetLeave stops announcing for ns and forgets the fleet-join record. It
+// does not purge: an admitted replica stays a member until an admin removes
+// it.
+func (n *Node) FleetLeave(ns governance.NamespaceID) (*FleetStatus, error) {
+	n.fleet.mu.Lock()
+	if an := n.fleet.joining[ns]; an != nil {
+		an.stop()
+		delete(n.fleet.joining, ns)
+	}
+	n.fleet.mu.Unlock()
+	if err := n.st.Update(func(tx *store.Tx) error { return tx.Delete(store.Config, fleetJoinKey(ns)) }); err != nil {
+		return nil, fmt.Errorf("fleet-join stop: %w", err)
+	}
+	return n.FleetStatus(ns)
 }
 
 // FleetStatus reports this node's standing as a replica of ns.

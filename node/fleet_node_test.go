@@ -229,6 +229,10 @@ func TestFleetReplicaLifecycle(t *testing.T) {
 	if st, _ := w.FleetStatus(ns); st.Admitted {
 		t.Fatal("wrong-MRTD candidate admitted")
 	}
+	// Told to stop, the candidate stops announcing.
+	if st, err := w.client.FleetLeave(ctx, created.ID); err != nil || st.Announcing {
+		t.Fatalf("fleet-join --stop: %+v %v", st, err)
+	}
 
 	// Eviction: the admin removes the replica; the key rotates; the replica
 	// purges itself.

@@ -163,6 +163,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.bg, n.bgCtx = g, gctx
 	g.Go(func() error { return pn.Run(gctx) })
 	g.Go(func() error { n.fleet.runPurges(gctx); return nil })
+	g.Go(func() error { n.redeliverLoop(gctx); return nil })
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin API: %w", err)

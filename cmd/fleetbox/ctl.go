@@ -37,8 +37,8 @@ commands:
   member caps --ns NS [--group G] KEY CAPS
   policy set --ns NS FILE                  set the TeeAdmissionPolicy (JSON file)
   policy get --ns NS
-  fleet-join --namespace NS                become a candidate fleet replica of NS: announce
-                                           a quote until admitted as ReadOnlyTee
+  fleet-join --namespace NS [--stop]       become a candidate fleet replica of NS: announce
+                                           a quote until admitted as ReadOnlyTee (--stop: stop)
   fleet-status --namespace NS              admitted, group key held, still announcing
 
 ROLE is Admin, Member or ReadOnly. CAPS are names joined by "," (for example

@@ -8,11 +8,23 @@ import (
 func (c *ctl) fleetJoin(ctx context.Context, args []string) int {
 	fs := c.flags("fleet-join")
 	ns := fs.String("namespace", "", "namespace id (hex)")
-	if _, code := c.parse(fs, args, 0, "--namespace NS"); code >= 0 {
+	stop := fs.Bool("stop", false, "stop announcing (an admitted replica stays a member until removed)")
+	if _, code := c.parse(fs, args, 0, "--namespace NS [--stop]"); code >= 0 {
 		return code
 	}
 	if *ns == "" {
 		return usageErr(c.e, "ctl fleet-join: --namespace is required")
+	}
+	if *stop {
+		st, err := c.client.FleetLeave(ctx, *ns)
+		if err != nil {
+			return c.fail(err)
+		}
+		if c.json {
+			return c.printJSON(st)
+		}
+		fmt.Fprintf(c.e.stdout, "fleet-join %s stopped (admitted: %s)\n", *ns, yesNo(st.Admitted))
+		return exitOK
 	}
 	res, err := c.client.FleetJoin(ctx, *ns)
 	if err != nil {
