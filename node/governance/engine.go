@@ -944,19 +944,33 @@ func (e *Engine) Get(ns NamespaceID, ids []OpID) ([][]byte, error) {
 	return out, nil
 }
 
-// Policy returns the namespace's TeeAdmissionPolicy, or nil if none is set.
-func (e *Engine) Policy(ns NamespaceID) (*attest.Policy, error) {
+// readTip runs fn with ns's space locked and its state replayed to the tip.
+func (e *Engine) readTip(ns NamespaceID, fn func(sp *space, st *state) error) error {
 	sp, err := e.space(ns)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	sp.d.ensureTip()
-	if sp.d.tip.policy == nil {
-		return nil, nil
+	if sp.gone {
+		return fmt.Errorf("%w: %s was forgotten", ErrUnknownNamespace, ns)
 	}
-	return attest.ParsePolicy(sp.d.tip.policy)
+	sp.d.ensureTip()
+	return fn(sp, sp.d.tip)
+}
+
+// Policy returns the namespace's TeeAdmissionPolicy, or nil if none is set.
+func (e *Engine) Policy(ns NamespaceID) (*attest.Policy, error) {
+	var p *attest.Policy
+	err := e.readTip(ns, func(_ *space, st *state) error {
+		if st.policy == nil {
+			return nil
+		}
+		var err error
+		p, err = attest.ParsePolicy(st.policy)
+		return err
+	})
+	return p, err
 }
 
 // DeleteNamespaceRows deletes, inside tx, every row this package keeps for

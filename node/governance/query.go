@@ -69,22 +69,18 @@ func sortGroups(ids []GroupID) {
 
 // Namespace returns a summary of ns.
 func (e *Engine) Namespace(ns NamespaceID) (*NamespaceInfo, error) {
-	sp, err := e.space(ns)
-	if err != nil {
-		return nil, err
-	}
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	sp.d.ensureTip()
-	st := sp.d.tip
-	me := sp.id.public()
-	info := &NamespaceInfo{ID: ns, Identity: me.String(), IdentityKey: me.Signing, Heads: sp.heads(),
-		Ops: len(sp.d.nodes), Pending: len(sp.pending), Missing: len(sp.missing()),
-		Complete: !st.incomplete, HasPolicy: st.policy != nil, Groups: groupInfos(sp, st)}
-	if r, _ := st.effective(ns.Root(), me.Signing); r != nil {
-		info.Role = r.Role
-	}
-	return info, nil
+	var info *NamespaceInfo
+	err := e.readTip(ns, func(sp *space, st *state) error {
+		me := sp.id.public()
+		info = &NamespaceInfo{ID: ns, Identity: me.String(), IdentityKey: me.Signing, Heads: sp.heads(),
+			Ops: len(sp.d.nodes), Pending: len(sp.pending), Missing: len(sp.missing()),
+			Complete: !st.incomplete, HasPolicy: st.policy != nil, Groups: groupInfos(sp, st)}
+		if r, _ := st.effective(ns.Root(), me.Signing); r != nil {
+			info.Role = r.Role
+		}
+		return nil
+	})
+	return info, err
 }
 
 func groupInfos(sp *space, st *state) []GroupInfo {
@@ -111,28 +107,28 @@ func groupInfos(sp *space, st *state) []GroupInfo {
 
 // Groups lists the namespace's groups, root included, sorted by id.
 func (e *Engine) Groups(ns NamespaceID) ([]GroupInfo, error) {
-	sp, err := e.space(ns)
-	if err != nil {
-		return nil, err
-	}
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	sp.d.ensureTip()
-	return groupInfos(sp, sp.d.tip), nil
+	var out []GroupInfo
+	err := e.readTip(ns, func(sp *space, st *state) error {
+		out = groupInfos(sp, st)
+		return nil
+	})
+	return out, err
 }
 
 // Members lists everyone with a role in g (direct and inherited rows),
 // sorted by key. It fails with ErrUnknownGroup for a group the replayed
 // state does not have.
 func (e *Engine) Members(ns NamespaceID, g GroupID) ([]MemberInfo, error) {
-	sp, err := e.space(ns)
-	if err != nil {
-		return nil, err
-	}
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	sp.d.ensureTip()
-	st := sp.d.tip
+	var out []MemberInfo
+	err := e.readTip(ns, func(_ *space, st *state) error {
+		var err error
+		out, err = memberInfos(st, g)
+		return err
+	})
+	return out, err
+}
+
+func memberInfos(st *state, g GroupID) ([]MemberInfo, error) {
 	if st.groups[g] == nil {
 		return nil, ErrUnknownGroup
 	}

@@ -119,21 +119,6 @@ func (e *Engine) AdmitTeeMember(ctx context.Context, ns NamespaceID, adm *fleet.
 	})
 }
 
-// readTip runs fn with ns's space locked and its state replayed to the tip.
-func (e *Engine) readTip(ns NamespaceID, fn func(sp *space, st *state) error) error {
-	sp, err := e.space(ns)
-	if err != nil {
-		return err
-	}
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	if sp.gone {
-		return fmt.Errorf("%w: %s was forgotten", ErrUnknownNamespace, ns)
-	}
-	sp.d.ensureTip()
-	return fn(sp, sp.d.tip)
-}
-
 // TeeView answers a fleet verifier's questions from the current state.
 type TeeView struct {
 	Policy    *attest.Policy
