@@ -110,7 +110,8 @@ func (r *replica) start(ns governance.NamespaceID, bootstrap string, env ...stri
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	r.lines = make(chan string, 4096)
+	lines := make(chan string, 4096) // this process's lines; a restart gets a new channel
+	r.lines = lines
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatal(err)
 	}
@@ -122,11 +123,11 @@ func (r *replica) start(ns governance.NamespaceID, bootstrap string, env ...stri
 			r.stderr.WriteString(sc.Text() + "\n")
 			r.mu.Unlock()
 			select {
-			case r.lines <- sc.Text():
+			case lines <- sc.Text():
 			default:
 			}
 		}
-		close(r.lines)
+		close(lines)
 	}()
 	r.t.Cleanup(func() {
 		if r.cmd.ProcessState == nil {

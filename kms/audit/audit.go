@@ -416,11 +416,13 @@ func (l *Log) commit(batch []*appendReq) {
 	l.mu.Lock()
 	l.head = newHead
 	l.mu.Unlock()
-	for i, r := range batch {
-		r.done <- appendRes{seq: seqs[i]}
-	}
+	// Count the commit before acknowledging it, so a writer that saw its
+	// record acknowledged also sees it in the metrics.
 	if l.cfg.OnCommit != nil {
 		l.cfg.OnCommit(len(batch), time.Since(start))
+	}
+	for i, r := range batch {
+		r.done <- appendRes{seq: seqs[i]}
 	}
 }
 
