@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -65,7 +64,11 @@ func ParseQuote(raw []byte) (*Quote, error) {
 	if IsMockQuote(raw) {
 		return parseMockQuote(raw)
 	}
-	p, err := abi.QuoteToProto(raw)
+	layout, err := checkLayout(raw)
+	if err != nil {
+		return nil, fmt.Errorf("parsing quote: %w", err)
+	}
+	p, err := quoteToProto(raw[:layout.end])
 	if err != nil {
 		return nil, fmt.Errorf("parsing quote: %w", err)
 	}
@@ -81,7 +84,6 @@ func ParseQuote(raw []byte) (*Quote, error) {
 		GetTdAttributes() []byte
 		GetTeeTcbSvn() []byte
 	}
-	var signedLen int
 	switch v := p.(type) {
 	case *pb.QuoteV4:
 		q.Version = 4
@@ -89,7 +91,6 @@ func ParseQuote(raw []byte) (*Quote, error) {
 			return nil, fmt.Errorf("parsing quote: TEE type %#x is not TDX", v.GetHeader().GetTeeType())
 		}
 		body = v.GetTdQuoteBody()
-		signedLen = headerSize + tdQuoteBodySizeV4
 	case *pb.QuoteV5:
 		q.Version = 5
 		if v.GetHeader().GetTeeType() != abi.TeeTDX {
@@ -97,22 +98,18 @@ func ParseQuote(raw []byte) (*Quote, error) {
 		}
 		d := v.GetTdQuoteBodyDescriptor()
 		switch d.GetTdQuoteBodyType() {
-		case 2:
+		case v5BodyTypeTDX10:
 			body = d.GetTdQuoteBodyV5() // TDX 1.0 body carried in a V5 quote
-		case 3:
+		case v5BodyTypeTDX15:
 			body = d.GetTdQuoteBodyV5()
 		default:
 			return nil, fmt.Errorf("parsing quote: V5 body type %d is not a TD report", d.GetTdQuoteBodyType())
 		}
-		signedLen = headerSize + 6 + int(d.GetTdQuoteBodySize())
 	default:
 		return nil, fmt.Errorf("parsing quote: unsupported quote type %T", p)
 	}
 	if body == nil {
 		return nil, errors.New("parsing quote: missing TD quote body")
-	}
-	if signedLen > len(raw) {
-		return nil, errors.New("parsing quote: truncated body")
 	}
 	if err := copyExact(q.MRTD[:], body.GetMrTd(), "MRTD"); err != nil {
 		return nil, err
@@ -138,15 +135,10 @@ func ParseQuote(raw []byte) (*Quote, error) {
 	if err := copyExact(q.TeeTcbSvn[:], body.GetTeeTcbSvn(), "TEE_TCB_SVN"); err != nil {
 		return nil, err
 	}
-	// The signed data ends where its declared length says; anything after is
-	// padding that go-tdx-guest tolerates and fleetbox ignores.
-	sigLen := int(binary.LittleEndian.Uint32(raw[signedLen : signedLen+4]))
-	end := signedLen + 4 + sigLen
-	if end > len(raw) {
-		return nil, errors.New("parsing quote: truncated signature data")
-	}
-	q.raw = bytes.Clone(raw[:end])
-	q.signed = q.raw[:signedLen]
+	// The signature data ends where its declared length says; anything after
+	// is padding that fleetbox ignores.
+	q.raw = bytes.Clone(raw[:layout.end])
+	q.signed = q.raw[:layout.signedLen]
 	q.Hash = sha256.Sum256(q.signed)
 	return q, nil
 }
@@ -156,6 +148,18 @@ const (
 	headerSize        = 0x30
 	tdQuoteBodySizeV4 = 0x248
 )
+
+// quoteToProto runs go-tdx-guest's decoder. checkLayout has bounded every
+// length it reads; the recover turns any slicing it still does wrong into a
+// refusal instead of a crash of the node or KMS that received the quote.
+func quoteToProto(raw []byte) (p any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			p, err = nil, fmt.Errorf("malformed quote (decoder fault: %v)", r)
+		}
+	}()
+	return abi.QuoteToProto(raw)
+}
 
 func copyExact(dst, src []byte, what string) error {
 	if len(src) != len(dst) {
