@@ -79,7 +79,7 @@ func connect(t testing.TB, a, b *tnode) {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second) // a guard against hangs, generous for -race on a loaded machine
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -116,7 +116,7 @@ func view(t testing.TB, n *tnode, ns governance.NamespaceID) string {
 // waitConverged waits until the nodes agree, and prints their views if not.
 func waitConverged(t testing.TB, what string, ns governance.NamespaceID, nodes ...*tnode) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second) // a guard against hangs, generous for -race on a loaded machine
 	for !converged(t, ns, nodes...)() {
 		if time.Now().After(deadline) {
 			for i, n := range nodes {

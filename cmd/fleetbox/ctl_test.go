@@ -43,7 +43,7 @@ func TestNodeInitAndCtl(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	select {
 	case <-n.Ready():
-	case <-time.After(20 * time.Second):
+	case <-time.After(60 * time.Second):
 		t.Fatal("node did not start")
 	}
 	// The admin address is an ephemeral port: point ctl at it with --admin.

@@ -171,7 +171,7 @@ func (r *replica) kill() {
 // returns its key.
 func admitted(t *testing.T, c *node.Client, ns governance.NamespaceID) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		ms, err := c.Members(context.Background(), ns.String(), "")
 		if err == nil {
@@ -214,14 +214,14 @@ func TestSelfPurgeSurvivesSIGKILL(t *testing.T) {
 			r := newReplica(t, bin)
 			r.start(ns, a.Network().Addrs()[0], selfpurge.StallEnv+"=marked")
 			key := admitted(t, c, ns)
-			r.waitLine("fleet replica admitted", 30*time.Second)
+			r.waitLine("fleet replica admitted", 90*time.Second)
 			if !storeHasNamespace(t, r.home, ns) {
 				t.Fatal("test is blind: the namespace is not in the replica's store before eviction")
 			}
 			if _, err := c.RemoveMember(context.Background(), ns.String(), "", key); err != nil {
 				t.Fatal(err)
 			}
-			r.waitLine("self-purge stalled", 30*time.Second)
+			r.waitLine("self-purge stalled", 90*time.Second)
 			r.kill()
 			if !storeHasNamespace(t, r.home, ns) {
 				t.Fatal("the purge finished before the kill; the test shows nothing")
@@ -242,8 +242,8 @@ func TestSelfPurgeSurvivesSIGKILL(t *testing.T) {
 				}
 			case "plain restart":
 				r.start(ns, a.Network().Addrs()[0])
-				r.waitLine("self-purge complete", 30*time.Second)
-				admin := regexp.MustCompile(`admin=(http://[0-9.:]+)`).FindStringSubmatch(r.waitLine("node running", 30*time.Second))
+				r.waitLine("self-purge complete", 90*time.Second)
+				admin := regexp.MustCompile(`admin=(http://[0-9.:]+)`).FindStringSubmatch(r.waitLine("node running", 90*time.Second))
 				if admin == nil {
 					t.Fatal("no admin address in the node's log")
 				}
