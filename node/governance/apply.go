@@ -37,16 +37,22 @@ type state struct {
 	// quotes records, namespace-wide and for good, every quote hash that
 	// admitted a fleet replica, and whom it admitted (tee.go).
 	quotes map[attest.QuoteHash]PublicKey
+	// admissions is the latest MemberJoinedViaTeeAttestation per replica,
+	// kept after removal, so the fleet can be audited against a changed
+	// policy (tee.go). Records are never mutated, so clones share them.
+	admissions map[PublicKey]*MemberJoinedViaTeeAttestation
 }
 
 func newState(ns NamespaceID) *state {
-	return &state{ns: ns, groups: map[GroupID]*groupState{}, nonces: map[PublicKey]uint64{}, quotes: map[attest.QuoteHash]PublicKey{}}
+	return &state{ns: ns, groups: map[GroupID]*groupState{}, nonces: map[PublicKey]uint64{}, quotes: map[attest.QuoteHash]PublicKey{},
+		admissions: map[PublicKey]*MemberJoinedViaTeeAttestation{}}
 }
 
 // clone returns a deep copy (policy bytes are never mutated, so shared).
 func (st *state) clone() *state {
 	c := &state{ns: st.ns, genesis: st.genesis, policy: st.policy, incomplete: st.incomplete,
-		groups: make(map[GroupID]*groupState, len(st.groups)), nonces: maps.Clone(st.nonces), quotes: maps.Clone(st.quotes)}
+		groups: make(map[GroupID]*groupState, len(st.groups)), nonces: maps.Clone(st.nonces), quotes: maps.Clone(st.quotes),
+		admissions: maps.Clone(st.admissions)}
 	for id, g := range st.groups {
 		ng := &groupState{id: g.id, parent: g.parent, root: g.root, keyIDs: slices.Clone(g.keyIDs),
 			members: make(map[PublicKey]*memberRow, len(g.members))}

@@ -1,9 +1,11 @@
 package governance
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/fleetbox/fleetbox/attest"
@@ -88,6 +90,7 @@ func (st *state) applyTeeJoin(n *opNode) *RefusedError {
 		return invalid(id, "%s is already a member of the root group", shortKey(mj.Member.Signing))
 	}
 	st.quotes[mj.QuoteHash] = mj.Member.Signing
+	st.admissions[mj.Member.Signing] = mj
 	gs.members[mj.Member.Signing] = &memberRow{Keys: mj.Member, Role: RoleReadOnlyTee}
 	return nil
 }
@@ -158,6 +161,43 @@ func (v *TeeView) fill(sp *space, st *state) {
 	if r, _ := st.effective(ns.Root(), sp.id.public().Signing); r != nil && r.Role.CanWrite() && (r.Role == RoleAdmin || r.Caps.Has(ManageMembers)) {
 		v.CanManage = true
 	}
+}
+
+// Replica is one fleet replica's admission record, judged against the
+// namespace's current TeeAdmissionPolicy.
+type Replica struct {
+	// Admission holds the values the admitting verifier recorded.
+	Admission *fleet.Admission
+	// Member: the replica is a member of the root group now (false once
+	// it was removed).
+	Member bool
+	// PolicyErr is nil when the recorded values meet the current policy;
+	// otherwise it is what fleet.Recheck refuses (fleet.Reasons lists the
+	// reasons). A policy tightened after admission does not remove anyone
+	// by itself: this is how an admin finds whom it no longer covers.
+	PolicyErr error
+}
+
+// Replicas lists every replica ever admitted to ns, sorted by key, with
+// whether it is still a member and whether it meets the current policy.
+func (e *Engine) Replicas(ns NamespaceID) ([]Replica, error) {
+	var out []Replica
+	return out, e.readTip(ns, func(_ *space, st *state) error {
+		var pol *attest.Policy
+		if st.policy != nil {
+			pol, _ = attest.ParsePolicy(st.policy) // nil (refuses all) if unparsable
+		}
+		for _, pk := range slices.SortedFunc(maps.Keys(st.admissions), func(x, y PublicKey) int { return bytes.Compare(x[:], y[:]) }) {
+			mj := st.admissions[pk]
+			row, _ := st.effective(st.ns.Root(), pk)
+			out = append(out, Replica{
+				Admission: mj.admission(),
+				Member:    row != nil,
+				PolicyErr: fleet.Recheck(pol, mj.admission()),
+			})
+		}
+		return nil
+	})
 }
 
 // TeeStatus is this node's standing as a fleet replica in a namespace.

@@ -163,3 +163,37 @@ func TestTeeForgedByReplicaRefusedRemotely(t *testing.T) {
 		t.Fatal("refused op changed the state")
 	}
 }
+
+// TestTeeReplicasUnderChangedPolicy: a policy tightened after admission
+// removes no one by itself; Replicas names the replica it no longer covers
+// and why, and still lists it after an admin removed it.
+func TestTeeReplicasUnderChangedPolicy(t *testing.T) {
+	a, b, _, ns, rKeys := teeNamespace(t)
+	mustT[[][]byte](t)(b.e.AdmitTeeMember(bg, ns, admission(rKeys, 1)))
+	a.syncFrom(t, b, ns)
+	reps := mustT[[]Replica](t)(a.e.Replicas(ns))
+	if len(reps) != 1 || !reps[0].Member || reps[0].PolicyErr != nil || reps[0].Admission.Member != rKeys.Signing {
+		t.Fatalf("after admission: %+v", reps)
+	}
+
+	mustT[[][]byte](t)(a.e.SetPolicy(bg, ns, &attest.Policy{
+		AllowedMrtd: []string{attest.MRTD{0xbb}.String()}, AllowedRtmr0: []string{"*"}, AllowedRtmr1: []string{"*"},
+		AllowedRtmr2: []string{"*"}, AllowedRtmr3: []string{"*"}, AcceptMock: true,
+	}))
+	b.syncFrom(t, a, ns)
+	for name, n := range map[string]*testNode{"a": a, "b": b} {
+		reps := mustT[[]Replica](t)(n.e.Replicas(ns))
+		if len(reps) != 1 || !reps[0].Member {
+			t.Fatalf("%s: the policy change removed the replica: %+v", name, reps)
+		}
+		if got := fleet.Reasons(reps[0].PolicyErr); len(got) != 1 || got[0] != fleet.Reason(attest.ReasonMrtdNotAllowed) {
+			t.Fatalf("%s: reasons %v (%v), want mrtd_not_allowed", name, got, reps[0].PolicyErr)
+		}
+	}
+
+	mustT[[][]byte](t)(a.e.RemoveMember(bg, ns, ns.Root(), rKeys.Signing))
+	reps = mustT[[]Replica](t)(a.e.Replicas(ns))
+	if len(reps) != 1 || reps[0].Member {
+		t.Fatalf("after removal: %+v", reps)
+	}
+}
