@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -22,8 +23,9 @@ type Client struct {
 	HTTP    *http.Client
 }
 
-// ClientFromHome builds a client from a node home: the admin address in its
-// config file and the token in home/admin.token.
+// ClientFromHome builds a client from a node home: the address the running
+// node bound (home/admin.addr), else the one in its config file, and the
+// token in home/admin.token.
 func ClientFromHome(home string) (*Client, error) {
 	fc, err := LoadFileConfig(home)
 	if err != nil {
@@ -34,7 +36,9 @@ func ClientFromHome(home string) (*Client, error) {
 		return nil, err
 	}
 	addr := fc.AdminAddr
-	if addr == "" {
+	if b, err := os.ReadFile(filepath.Join(home, AdminAddrFile)); err == nil {
+		addr = strings.TrimSpace(string(b)) // what the running node bound
+	} else if addr == "" {
 		addr = DefaultAdminAddr
 	}
 	return &Client{BaseURL: "http://" + addr, Token: tok}, nil
@@ -202,6 +206,13 @@ func (c *Client) FleetLeave(ctx context.Context, ns string) (*FleetStatus, error
 func (c *Client) FleetStatus(ctx context.Context, ns string) (*FleetStatus, error) {
 	var out FleetStatus
 	return &out, c.Do(ctx, http.MethodGet, nsPath(ns, "fleet"), nil, &out)
+}
+
+// FleetReplicas lists the replicas ever admitted to ns, judged against the
+// namespace's current policy.
+func (c *Client) FleetReplicas(ctx context.Context, ns string) ([]ReplicaInfo, error) {
+	var out []ReplicaInfo
+	return out, c.Do(ctx, http.MethodGet, nsPath(ns, "fleet", "replicas"), nil, &out)
 }
 
 // IsNotFound reports whether err is a 404 from the admin API.

@@ -19,6 +19,10 @@ const (
 	AdminTokenFile = "admin.token"   // bearer token of the admin API, 0600
 	DevKeyFile     = "dev-store.key" // only with InsecureDevKey, 0600
 	StoreFile      = "store.db"
+	// AdminAddrFile holds the admin API address the running node bound,
+	// which differs from the configured one when that has port 0. ctl
+	// reads it first; the node removes it on shutdown.
+	AdminAddrFile = "admin.addr"
 	// CredentialStoreKey is the systemd credential that carries the store
 	// key: $CREDENTIALS_DIRECTORY/store-key (systemd.exec(5), LoadCredential=).
 	CredentialStoreKey = "store-key"

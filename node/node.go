@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -151,6 +152,12 @@ func (n *Node) Run(ctx context.Context) error {
 		return fmt.Errorf("admin API: %w", err)
 	}
 	n.adminAddr = ln.Addr().String()
+	addrFile := filepath.Join(n.cfg.Home, AdminAddrFile)
+	if err := os.WriteFile(addrFile, []byte(n.adminAddr+"\n"), 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("admin API: recording its address: %w", err)
+	}
+	defer os.Remove(addrFile)
 	srv := &http.Server{
 		Handler:           n.adminHandler(),
 		ReadHeaderTimeout: 10 * time.Second,

@@ -87,4 +87,18 @@ func TestNodeInitAndCtl(t *testing.T) {
 	if _, code := ctl("frobnicate"); code != exitUsage {
 		t.Fatalf("unknown command: exit %d", code)
 	}
+	// With only --home, ctl finds the port the node bound (the config says
+	// port 0) in home/admin.addr; the node removes that file when it stops.
+	out.Reset()
+	if code := run(ctx, []string{"ctl", "--home", home, "--json", "status"}, &out, &errb); code != exitOK || !strings.Contains(out.String(), n.Status().PeerID) {
+		t.Fatalf("ctl --home status: %d %q %s", code, out.String(), errb.String())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("node run: %v", err)
+	}
+	done <- nil // for the deferred wait
+	if _, err := os.Stat(filepath.Join(home, node.AdminAddrFile)); !os.IsNotExist(err) {
+		t.Fatalf("%s left behind after shutdown: %v", node.AdminAddrFile, err)
+	}
 }
