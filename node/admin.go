@@ -77,6 +77,13 @@ func (n *Node) adminHandler() http.Handler {
 		}
 		return n.FleetStatus(ns)
 	})
+	route("GET /v1/namespaces/{ns}/fleet/replicas", func(r *http.Request) (any, error) {
+		ns, err := pathNS(r)
+		if err != nil {
+			return nil, err
+		}
+		return n.FleetReplicas(ns)
+	})
 	route("GET /v1/namespaces/{ns}", func(r *http.Request) (any, error) {
 		ns, err := pathNS(r)
 		if err != nil {

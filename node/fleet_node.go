@@ -639,6 +639,35 @@ func (n *Node) FleetStatus(ns governance.NamespaceID) (*FleetStatus, error) {
 	return &FleetStatus{Namespace: ns.String(), Admitted: st.Admitted && st.Member, HasGroupKey: st.HasRootKey, Announcing: announcing}, nil
 }
 
+// FleetReplicas lists every replica ever admitted to ns with whether it is
+// still a member and whether its recorded measurements meet the
+// namespace's current TeeAdmissionPolicy.
+func (n *Node) FleetReplicas(ns governance.NamespaceID) ([]ReplicaInfo, error) {
+	reps, err := n.eng.Replicas(ns)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ReplicaInfo, 0, len(reps))
+	for _, r := range reps {
+		a := r.Admission
+		ri := ReplicaInfo{
+			Key: governance.PublicKey(a.Member).String(), Member: r.Member, QuoteHash: a.QuoteHash.String(),
+			MRTD: a.MRTD.String(), TcbStatus: string(a.TcbStatus), Mock: a.Mock, MeetsPolicy: r.PolicyErr == nil,
+		}
+		for i := range a.RTMR {
+			ri.RTMR[i] = a.RTMR[i].String()
+		}
+		if r.PolicyErr != nil {
+			ri.PolicyError = r.PolicyErr.Error()
+			for _, reason := range fleet.Reasons(r.PolicyErr) {
+				ri.Reasons = append(ri.Reasons, string(reason))
+			}
+		}
+		out = append(out, ri)
+	}
+	return out, nil
+}
+
 // storeKey gets the store key from the KMS when one is configured, else
 // from a file, the systemd credential or the development key.
 func (n *Node) storeKey(ctx context.Context) (*store.Key, storeKeySource, error) {
@@ -719,6 +748,24 @@ type FleetStatus struct {
 	Admitted    bool   `json:"admitted"`
 	HasGroupKey bool   `json:"hasGroupKey"`
 	Announcing  bool   `json:"announcing"`
+}
+
+// ReplicaInfo is one fleet replica's admission record, judged against the
+// namespace's current TeeAdmissionPolicy.
+type ReplicaInfo struct {
+	Key string `json:"key"`
+	// Member: still a member of the namespace (false once removed).
+	Member    bool      `json:"member"`
+	QuoteHash string    `json:"quoteHash"`
+	MRTD      string    `json:"mrtd"`
+	RTMR      [4]string `json:"rtmr"`
+	TcbStatus string    `json:"tcbStatus"`
+	Mock      bool      `json:"mock"`
+	// MeetsPolicy: the recorded values pass the current policy. A policy
+	// changed after admission removes no one by itself.
+	MeetsPolicy bool     `json:"meetsPolicy"`
+	Reasons     []string `json:"reasons,omitempty"`
+	PolicyError string   `json:"policyError,omitempty"`
 }
 
 // ReconcileReport is what a stand-alone reconcile sweep did.

@@ -40,6 +40,10 @@ commands:
   fleet-join --namespace NS [--stop]       become a candidate fleet replica of NS: announce
                                            a quote until admitted as ReadOnlyTee (--stop: stop)
   fleet-status --namespace NS              admitted, group key held, still announcing
+  fleet-replicas --namespace NS [--evict-outside-policy]
+                                           every replica ever admitted, judged against the
+                                           current policy (exit 1 if a current one fails it;
+                                           --evict-outside-policy removes those)
 
 ROLE is Admin, Member or ReadOnly. CAPS are names joined by "," (for example
 MANAGE_MEMBERS,CAN_CREATE_SUBGROUP) or a number. KEY is a member's signing key
@@ -91,7 +95,7 @@ func runCtl(ctx context.Context, e *env, args []string) int {
 	}
 	cmd, rest := rest[0], rest[1:]
 	sub := ""
-	if len(rest) > 0 && cmd != "status" && cmd != "peers" && cmd != "fleet-join" && cmd != "fleet-status" {
+	if len(rest) > 0 && cmd != "status" && cmd != "peers" && cmd != "fleet-join" && cmd != "fleet-status" && cmd != "fleet-replicas" {
 		sub, rest = rest[0], rest[1:]
 	}
 	switch cmd + " " + sub {
@@ -127,6 +131,8 @@ func runCtl(ctx context.Context, e *env, args []string) int {
 		return c.fleetJoin(ctx, rest)
 	case "fleet-status ":
 		return c.fleetStatus(ctx, rest)
+	case "fleet-replicas ":
+		return c.fleetReplicas(ctx, rest)
 	}
 	fmt.Fprintf(e.stderr, "fleetbox: ctl: unknown command %q\n\n", strings.TrimSpace(cmd+" "+sub))
 	fmt.Fprint(e.stderr, ctlUsage)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 )
 
 func (c *ctl) fleetJoin(ctx context.Context, args []string) int {
@@ -56,7 +57,7 @@ func (c *ctl) fleetStatus(ctx context.Context, args []string) int {
 	if c.json {
 		return c.printJSON(st)
 	}
-	c.table("NAMESPACE\tADMITTED\tGROUP KEY\tANNOUNCING", [][]string{{st.Namespace[:16] + "…", yesNo(st.Admitted), yesNo(st.HasGroupKey), yesNo(st.Announcing)}})
+	c.table("NAMESPACE\tADMITTED\tGROUP KEY\tANNOUNCING", [][]string{{short(st.Namespace), yesNo(st.Admitted), yesNo(st.HasGroupKey), yesNo(st.Announcing)}})
 	return exitOK
 }
 
@@ -65,4 +66,76 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// fleetReplicas lists the replicas ever admitted to a namespace against its
+// current policy. A policy tightened after admission removes no one; with
+// --evict-outside-policy this removes every current replica the policy no
+// longer covers (each removal rotates the group key). Exit 1 when a current
+// replica is left outside the policy, so scripts can alert on it.
+func (c *ctl) fleetReplicas(ctx context.Context, args []string) int {
+	fs := c.flags("fleet-replicas")
+	ns := fs.String("namespace", "", "namespace id (hex)")
+	evict := fs.Bool("evict-outside-policy", false, "remove every current replica whose admission fails the current policy")
+	if _, code := c.parse(fs, args, 0, "--namespace NS [--evict-outside-policy]"); code >= 0 {
+		return code
+	}
+	if *ns == "" {
+		return usageErr(c.e, "ctl fleet-replicas: --namespace is required")
+	}
+	reps, err := c.client.FleetReplicas(ctx, *ns)
+	if err != nil {
+		return c.fail(err)
+	}
+	outside := 0
+	for i := range reps {
+		r := &reps[i]
+		if !r.Member || r.MeetsPolicy {
+			continue
+		}
+		if !*evict {
+			outside++
+			continue
+		}
+		res, err := c.client.RemoveMember(ctx, *ns, "", r.Key)
+		if err != nil {
+			return c.fail(fmt.Errorf("evicting replica %s: %w", r.Key, err))
+		}
+		r.Member = false
+		if !c.json {
+			fmt.Fprintf(c.e.stdout, "evicted %s (%s): op %s\n", short(r.Key), strings.Join(r.Reasons, ","), short(res.Op))
+		}
+	}
+	if c.json {
+		if code := c.printJSON(reps); code != exitOK {
+			return code
+		}
+	} else {
+		rows := make([][]string, 0, len(reps))
+		for _, r := range reps {
+			policy := "ok"
+			if !r.MeetsPolicy {
+				policy = strings.Join(r.Reasons, ",")
+			}
+			tcb := r.TcbStatus
+			if r.Mock {
+				tcb = "MOCK TDX"
+			}
+			rows = append(rows, []string{short(r.Key), yesNo(r.Member), short(r.MRTD), tcb, policy})
+		}
+		c.table("REPLICA\tMEMBER\tMRTD\tTCB\tCURRENT POLICY", rows)
+	}
+	if outside > 0 {
+		fmt.Fprintf(c.e.stderr, "fleetbox: ctl: %d current replica(s) outside the namespace policy; --evict-outside-policy removes them\n", outside)
+		return exitNo
+	}
+	return exitOK
+}
+
+// short abbreviates a hex id for tables; --json prints it whole.
+func short(hexID string) string {
+	if len(hexID) <= 16 {
+		return hexID
+	}
+	return hexID[:16] + "…"
 }

@@ -31,8 +31,9 @@ Runs the whole story on this machine, on loopback, with MOCK TDX: a KMS; two
 full members that create a namespace pinning the image's measurements; a fleet
 replica that gets its store key from the KMS, announces, is admitted as
 ReadOnlyTee, receives the group key and syncs; its write refused; a replica
-with the wrong MRTD refused by the KMS and by the namespace; the replica
-evicted and purging itself. It prints a timeline and a verdict and exits 0
+with the wrong MRTD refused by the KMS and by the namespace; the next image
+pinned, so that fleet-replicas finds the replica outside the policy and
+evicts it; the replica purging itself. It prints a timeline and a verdict and exits 0
 when every step held. --keep leaves everything running and prints how to talk
 to each node.
 `
@@ -400,17 +401,29 @@ func (d *demo) namespaceStory(a, b *demoNode, image attest.MockQuote, pol *attes
 	st, _ := w.client.FleetStatus(ctx, created.ID)
 	d.check(refused && st != nil && !st.Admitted, "namespace refused the wrong-MRTD replica's announce (mrtd_not_allowed)")
 
-	// Eviction and self-purge.
+	// An image roll: member-a pins the next image. The policy change removes
+	// no one by itself; the operator's fleet-replicas names the replica it
+	// no longer covers and evicts it. The replica then purges itself.
 	keys, _ := r.n.Engine().Identity(ns)
 	storePath := filepath.Join(d.dir, "replica", node.StoreFile)
+	next := image // the next image: new firmware, same kernel and configuration
+	next.MRTD = attest.MockMeasurement("fleetbox demo image v2 mrtd")
+	_, err = a.client.SetPolicy(ctx, created.ID, demoPolicy(next))
+	listing, code := d.ctl("member-a", "fleet-replicas", "--namespace", created.ID)
+	d.check(err == nil && code == exitNo && strings.Contains(listing, "mrtd_not_allowed") && strings.Contains(listing, keys.Signing.String()[:16]),
+		"member-a pinned the next image (mrtd %s…); the replica stays a member until evicted, and `fleetbox ctl fleet-replicas` names it outside the policy (mrtd_not_allowed, exit %d)",
+		demoPolicy(next).AllowedMrtd[0][:12], code)
+	for _, line := range strings.Split(strings.TrimSpace(listing), "\n") {
+		d.say("  %s", line)
+	}
 	t2 := time.Now()
-	_, err = a.client.RemoveMember(ctx, created.ID, "", keys.Signing.String())
-	purged := err == nil && d.waitFor(30*time.Second, func() bool {
+	evicted, code := d.ctl("member-a", "fleet-replicas", "--namespace", created.ID, "--evict-outside-policy")
+	purged := code == exitOK && strings.Contains(evicted, "evicted") && d.waitFor(30*time.Second, func() bool {
 		return counterValue(r.n.Metrics(), "self_purge_completed_total", "") > 0
 	})
 	raw, _ := os.ReadFile(storePath)
 	nss, _ := r.n.Engine().Namespaces()
-	d.check(purged && len(nss) == 0 && counterValue(r.n.Metrics(), "self_purge_failures_total", "") == 0 && !bytes.Contains(raw, ns[:]), "member-a evicted the replica (group key rotated); the replica self-purged: no namespace rows, no trace of the namespace in its compacted store file (%s)", time.Since(t2).Round(time.Millisecond))
+	d.check(purged && len(nss) == 0 && counterValue(r.n.Metrics(), "self_purge_failures_total", "") == 0 && !bytes.Contains(raw, ns[:]), "`fleetbox ctl fleet-replicas --evict-outside-policy` evicted the replica (group key rotated); the replica self-purged: no namespace rows, no trace of the namespace in its compacted store file (%s)", time.Since(t2).Round(time.Millisecond))
 	d.say("KMS: %v keys released, %v refused; every decision is in its signed, hash-chained audit log (%s)",
 		counterValue(kmsReg, "fleetbox_kms_key_grants_total", ""), counterValue(kmsReg, "fleetbox_kms_key_denials_total", ""), filepath.Join(d.dir, "kms"))
 
@@ -425,6 +438,14 @@ func (d *demo) namespaceStory(a, b *demoNode, image attest.MockQuote, pol *attes
 		fmt.Fprintf(d.e.stdout, "  KMS            curl %s/health\n  namespace      %s\n", kmsURL, created.ID)
 	}
 	return true
+}
+
+// ctl runs `fleetbox ctl --home <node home> args...` as an operator would
+// and returns what it printed (stdout, then stderr) and its exit code.
+func (d *demo) ctl(nodeName string, args ...string) (string, int) {
+	var out, errb bytes.Buffer
+	code := run(d.ctx, append([]string{"ctl", "--home", filepath.Join(d.dir, nodeName)}, args...), &out, &errb)
+	return out.String() + errb.String(), code
 }
 
 func sameHeads(a, b *demoNode, ns governance.NamespaceID) bool {
