@@ -127,15 +127,16 @@ func checkSignatureData(sig layoutReader) error {
 // layoutReader reads little-endian fields with bounds checks; every error
 // names the field that did not fit.
 type layoutReader struct {
-	b   []byte
-	off int
+	b    []byte
+	off  int
+	base int // offset of b in the whole quote, so errors give quote offsets
 }
 
 func (r *layoutReader) rest() int { return len(r.b) - r.off }
 
 func (r *layoutReader) skip(n int, what string) error {
 	if n < 0 || n > r.rest() {
-		return fmt.Errorf("%s needs %d bytes at offset %d, only %d remain", what, n, r.off, r.rest())
+		return fmt.Errorf("%s needs %d bytes at offset %d, only %d remain", what, n, r.base+r.off, r.rest())
 	}
 	r.off += n
 	return nil
@@ -160,9 +161,9 @@ func (r *layoutReader) u32(what string) (uint32, error) {
 // sub returns a reader over the next n bytes and moves past them.
 func (r *layoutReader) sub(n int64, what string) (layoutReader, error) {
 	if n < 0 || n > int64(r.rest()) {
-		return layoutReader{}, fmt.Errorf("%s declares %d bytes at offset %d, only %d remain", what, n, r.off, r.rest())
+		return layoutReader{}, fmt.Errorf("%s declares %d bytes at offset %d, only %d remain", what, n, r.base+r.off, r.rest())
 	}
-	s := layoutReader{b: r.b[r.off : r.off+int(n)]}
+	s := layoutReader{b: r.b[r.off : r.off+int(n)], base: r.base + r.off}
 	r.off += int(n)
 	return s, nil
 }

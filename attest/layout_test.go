@@ -52,7 +52,7 @@ func TestParseQuoteForgedLengths(t *testing.T) {
 		{"certification data type", func(b []byte) []byte { put16(b, offCertType, 7); return b }, "type 7, want 6"},
 		{"certification data size +1", func(b []byte) []byte { put32(b, offCertSize, uint32(certSize+1)); return b }, "QE report certification data declares"},
 		{"certification data size -1", func(b []byte) []byte { put32(b, offCertSize, uint32(certSize-1)); return b }, "bytes after its certification data"},
-		{"auth data size huge", func(b []byte) []byte { put16(b, offAuthSize, 0xffff); return b }, "QE authentication data needs"},
+		{"auth data size huge", func(b []byte) []byte { put16(b, offAuthSize, 0xffff); return b }, "QE authentication data needs 65535 bytes at offset 1220,"},
 		{"auth data size +1", func(b []byte) []byte { put16(b, offAuthSize, uint16(authSize+1)); return b }, "PCK certificate chain"},
 		{"PCK chain type", func(b []byte) []byte { put16(b, offPCKType, 1); return b }, "type 1, want 5"},
 		{"PCK chain size huge", func(b []byte) []byte { put32(b, offPCKSize, 0x7fffffff); return b }, "PCK certificate chain declares"},
