@@ -188,3 +188,76 @@ func TestGossipRefusals(t *testing.T) {
 	// ... and its nonce cannot be used again.
 	refused("reused nonce", envelope(forgeGroupCreated(t, ns, heads(t, entry, ns), admSK, 1)))
 }
+
+// gauge reads a gauge from a node's registry.
+func gauge(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
+// TestGossipGraylistsAFlooder: a peer that keeps sending what the validators
+// reject falls below the graylist threshold (p2p/score.go). From then on its
+// messages are dropped unread, even a good op, while another peer that sends
+// the same op is heard.
+func TestGossipGraylistsAFlooder(t *testing.T) {
+	ctx := context.Background()
+	nodes, ns := setup(t, 2)
+	entry := nodes[1]
+	admSK, admKeys := outsider(t)
+	if _, err := nodes[0].client.AddMember(ctx, ns.String(), "", MemberAddRequest{Member: admKeys.String(), Role: "Admin"}); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, "admin added", ns, nodes...)
+	good := forgeGroupCreated(t, ns, heads(t, entry, ns), admSK, 1)
+	goodID, err := governance.Validate(ns, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	goodEnv, err := p2p.NewOpEnvelope(p2p.NamespaceID(ns), good).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	malformed := []byte("\xa1\x01\x01not an envelope")
+
+	flooder := rawPeer(t, ns, entry)
+	for range 40 {
+		if err := flooder.Publish(ctx, malformed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the flooder graylisted", func() bool { return gauge(t, entry.reg, "fleetbox_p2p_graylisted_peers") == 1 })
+	rejected := gossipCount(t, entry.reg, "reject")
+	if rejected >= 40 {
+		t.Fatalf("all %v messages were validated: scoring did not cut the flooder off", rejected)
+	}
+	for range 10 {
+		if err := flooder.Publish(ctx, malformed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := flooder.Publish(ctx, goodEnv); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * testHeartbeat) // what would arrive has arrived
+	if got := gossipCount(t, entry.reg, "reject"); got != rejected {
+		t.Fatalf("a graylisted peer's messages were still validated: rejections %v -> %v", rejected, got)
+	}
+	if ok, _ := entry.eng.Has(ns, goodID); ok {
+		t.Fatal("an op from a graylisted peer was applied")
+	}
+
+	honest := rawPeer(t, ns, entry)
+	if err := honest.Publish(ctx, goodEnv); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the same op from another peer applied", func() bool { ok, _ := entry.eng.Has(ns, goodID); return ok })
+}

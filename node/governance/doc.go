@@ -114,9 +114,11 @@
 //     writer if the creator is gone) delivers the key; the daemon calls it
 //     periodically, it is not automatic inside Apply.
 //   - The pending queue refuses new ops when full rather than evicting old
-//     ones, so a flood of validly signed ops with unknown parents can fill
-//     it until they are refused or the node restarts; peer scoring in
-//     node/p2p is the defence.
+//     ones. Whether an op's signer may author it depends on its parents, so
+//     anyone can sign ops naming unknown parents and fill the queue until
+//     they are refused or the node restarts. Gossip peer scoring (node/p2p)
+//     does not catch this: such ops are not invalid until their parents
+//     are known.
 //   - Decoding refuses unknown fields and op variants, so every node must
 //     run a version that knows every op kind in use (no mixed versions).
 //   - The pending queue is in memory: pending ops are fetched again after a

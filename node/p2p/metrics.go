@@ -14,6 +14,7 @@ type metrics struct {
 	opsGossiped   prometheus.Counter
 	peers         prometheus.Gauge
 	namespaces    prometheus.Gauge
+	graylisted    prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -63,12 +64,16 @@ func newMetrics() *metrics {
 			Name: "fleetbox_p2p_namespaces",
 			Help: "Namespace topics joined.",
 		}),
+		graylisted: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "fleetbox_p2p_graylisted_peers",
+			Help: "Peers whose gossip score fell below the graylist threshold (their messages are dropped unread); see score.go.",
+		}),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.gossip, m.published, m.refused, m.syncs, m.syncServed,
-		m.syncSeconds, m.syncOpsServed, m.opsSynced, m.opsGossiped, m.peers, m.namespaces} {
+		m.syncSeconds, m.syncOpsServed, m.opsSynced, m.opsGossiped, m.peers, m.namespaces, m.graylisted} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

@@ -235,6 +235,8 @@ func (n *Network) Run(ctx context.Context) error {
 		// then never hear of it again. Re-gossiped known ops are ignored by
 		// the validator instead.
 		pubsub.WithPeerExchange(false),
+		pubsub.WithPeerScore(peerScoreParams(), peerScoreThresholds()),
+		pubsub.WithPeerScoreInspect(pubsub.PeerScoreInspectFn(n.inspectScores), scoreInspectPeriod),
 	)
 	if err != nil {
 		return fmt.Errorf("p2p: starting gossipsub: %w", err)
@@ -312,6 +314,12 @@ func (n *Network) Join(ns NamespaceID) error {
 		_ = ps.UnregisterTopicValidator(name)
 		n.mu.Unlock()
 		return fmt.Errorf("p2p: joining %s: %w", name, err)
+	}
+	if err := topic.SetScoreParams(topicScoreParams()); err != nil {
+		_ = topic.Close()
+		_ = ps.UnregisterTopicValidator(name)
+		n.mu.Unlock()
+		return fmt.Errorf("p2p: scoring %s: %w", name, err)
 	}
 	sub, err := topic.Subscribe(pubsub.WithBufferSize(1024))
 	if err != nil {
