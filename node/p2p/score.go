@@ -29,14 +29,16 @@ import (
 // nodes behind one address, so those would punish honest peers.
 //
 // A peer's P4 contribution is invalidWeight·n² for n (decaying) rejected
-// messages. With the thresholds below, about 7 rejected messages stop
-// gossip exchange with the peer, 10 stop publishing to it, and 16 graylist
+// messages. With the thresholds below, 8 rejected messages stop
+// gossip exchange with the peer, 11 stop publishing to it, and 16 graylist
 // it: every RPC from it is dropped before validation, so a flood of bad
-// messages costs little. The counter decays to nothing in about ten
-// minutes, after which the peer is heard again.
+// messages costs little. The counter decays to nothing in about an hour;
+// a graylisted peer is heard again once its count falls back under the
+// threshold (for a peer just over it, seconds to a minute), and each
+// further rejection pushes it back.
 const (
 	invalidWeight     = -10
-	invalidDecayTime  = 10 * time.Minute
+	invalidDecayTime  = time.Hour
 	gossipThreshold   = -500
 	publishThreshold  = -1000
 	graylistThreshold = -2500
