@@ -42,9 +42,9 @@ func (a *engineAdapter) CheckOp(ns p2p.NamespaceID, wire []byte) (p2p.OpID, erro
 	return p2p.OpID(id), err
 }
 
-func (a *engineAdapter) Has(ns p2p.NamespaceID, id p2p.OpID) (bool, error) {
-	ok, err := a.eng.Has(governance.NamespaceID(ns), governance.OpID(id))
-	return ok, nsErr(err)
+func (a *engineAdapter) Known(ns p2p.NamespaceID, id p2p.OpID) (applied, pending bool, err error) {
+	applied, pending, err = a.eng.Known(governance.NamespaceID(ns), governance.OpID(id))
+	return applied, pending, nsErr(err)
 }
 
 func (a *engineAdapter) Apply(ctx context.Context, ns p2p.NamespaceID, wires [][]byte) (p2p.ApplyResult, error) {

@@ -493,15 +493,22 @@ func (e *Engine) CheckOp(ns NamespaceID, wire []byte) (OpID, error) {
 
 // Has reports whether the op is known: admitted or pending.
 func (e *Engine) Has(ns NamespaceID, id OpID) (bool, error) {
+	applied, pending, err := e.Known(ns, id)
+	return applied || pending, err
+}
+
+// Known reports whether the op is admitted, or waiting in the pending queue
+// for its parents.
+func (e *Engine) Known(ns NamespaceID, id OpID) (applied, pending bool, err error) {
 	sp, err := e.space(ns)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	_, a := sp.d.nodes[id]
-	_, p := sp.pending[id]
-	return a || p, nil
+	_, applied = sp.d.nodes[id]
+	_, pending = sp.pending[id]
+	return applied, pending, nil
 }
 
 // Receive applies one op from the network; see Apply.

@@ -15,8 +15,10 @@ type Engine interface {
 	// spreads: the wire bytes decode strictly, belong to ns and carry a valid
 	// signature. It returns the op id.
 	CheckOp(ns NamespaceID, wire []byte) (OpID, error)
-	// Has reports whether the op is known (applied, or waiting for parents).
-	Has(ns NamespaceID, id OpID) (bool, error)
+	// Known reports whether the op is applied, or waiting in the pending
+	// queue for its parents. The two differ for sync: a peer whose head is
+	// only pending here has ops this node lacks.
+	Known(ns NamespaceID, id OpID) (applied, pending bool, err error)
 	// Apply verifies, authorizes and applies ops in bulk, in any order. Ops
 	// whose parents are missing wait in the pending queue and apply when the
 	// parents come. A refused op changes nothing and does not stop the others.

@@ -99,12 +99,12 @@ func (e *fakeEngine) CheckOp(ns NamespaceID, wire []byte) (OpID, error) {
 	return p.id, nil
 }
 
-func (e *fakeEngine) Has(ns NamespaceID, id OpID) (bool, error) {
+func (e *fakeEngine) Known(ns NamespaceID, id OpID) (applied, pending bool, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	_, ok := e.ops[id]
-	_, pk := e.pending[id]
-	return ok || pk, nil
+	_, applied = e.ops[id]
+	_, pending = e.pending[id]
+	return applied, pending, nil
 }
 
 func (e *fakeEngine) Apply(_ context.Context, ns NamespaceID, wires [][]byte) (ApplyResult, error) {

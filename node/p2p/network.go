@@ -603,7 +603,7 @@ func (n *Network) validate(ctx context.Context, ns NamespaceID, m *pubsub.Messag
 		n.log.Debug("refusing gossiped op", "namespace", ns, "from", m.ReceivedFrom, "err", err)
 		return pubsub.ValidationReject, kind
 	}
-	if ok, err := n.cfg.Engine.Has(ns, id); err == nil && ok {
+	if applied, pending, err := n.cfg.Engine.Known(ns, id); err == nil && (applied || pending) {
 		return pubsub.ValidationIgnore, kind
 	}
 	res, err := n.cfg.Engine.Apply(ctx, ns, [][]byte{e.Op})
@@ -646,8 +646,13 @@ func (n *Network) readLoop(ctx context.Context, ns NamespaceID, sub *pubsub.Subs
 				}
 			}
 		case KindHeartbeat:
+			// A head that is not applied here (unknown, or pending for
+			// want of parents) means the peer has ops this node lacks:
+			// every op the peer has is an ancestor of one of its heads.
+			// Counting a pending head as known would leave a node whose
+			// first sync came too early waiting for parents forever.
 			for _, h := range vd.env.HeadIDs() {
-				if ok, err := n.cfg.Engine.Has(ns, h); err == nil && !ok {
+				if applied, _, err := n.cfg.Engine.Known(ns, h); err == nil && !applied {
 					p := m.GetFrom()
 					if hh := n.host(); hh == nil || hh.Network().Connectedness(p) != network.Connected {
 						p = m.ReceivedFrom

@@ -195,6 +195,29 @@ func TestHeartbeatTriggersSync(t *testing.T) {
 	eventually(t, "heartbeat sync", func() bool { return a.eng.count() == 5 })
 }
 
+// TestHeartbeatOfPendingHeadTriggersSync: a holds op y but not its parent
+// x (its sync came before anyone had x); b has both, and its heartbeat names
+// y. A head that is only pending here still means the peer has ops this node
+// lacks, so a syncs and y applies.
+func TestHeartbeatOfPendingHeadTriggersSync(t *testing.T) {
+	admin := key(1)
+	pub := admin.Public().(ed25519.PublicKey)
+	a := startNode(t, 1, newFakeEngine(testNS, true, pub))
+	b := startNode(t, 2, newFakeEngine(testNS, true, pub))
+	connect(t, a, b)
+	eventually(t, "topic peers", func() bool { return len(a.net.TopicPeers(testNS)) == 1 && len(b.net.TopicPeers(testNS)) == 1 })
+	x := fakeOp(testNS, nil, admin, []byte("x"))
+	y := fakeOp(testNS, []OpID{sha256.Sum256(x)}, admin, []byte("y"))
+	// Applied directly, not published: only b's heartbeat can tell a.
+	if res, err := a.eng.Apply(context.Background(), testNS, [][]byte{y}); err != nil || res.Pending != 1 {
+		t.Fatalf("y on a: %+v %v, want it pending", res, err)
+	}
+	if res, err := b.eng.Apply(context.Background(), testNS, [][]byte{x, y}); err != nil || res.Applied != 2 {
+		t.Fatalf("x, y on b: %+v %v", res, err)
+	}
+	eventually(t, "a fetched x and applied y", func() bool { return a.eng.count() == 2 })
+}
+
 // attacker is a bare gossipsub peer with no validators, so it can publish
 // anything on a namespace topic.
 type attacker struct {
