@@ -2,19 +2,34 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"strings"
 )
 
-func (c *ctl) fleetJoin(ctx context.Context, args []string) int {
-	fs := c.flags("fleet-join")
-	ns := fs.String("namespace", "", "namespace id (hex)")
-	stop := fs.Bool("stop", false, "stop announcing (an admitted replica stays a member until removed)")
-	if _, code := c.parse(fs, args, 0, "--namespace NS [--stop]"); code >= 0 {
+// nsFlags starts the flag set of a fleet verb, which takes --namespace.
+func (c *ctl) nsFlags(name string) (*flag.FlagSet, *string) {
+	fs := c.flags(name)
+	return fs, fs.String("namespace", "", "namespace id (hex)")
+}
+
+// parseNS parses a fleet verb's flags (no arguments) and requires
+// --namespace. It returns an exit code to stop with, or -1 to go on.
+func (c *ctl) parseNS(fs *flag.FlagSet, args []string, ns *string, moreFlags string) int {
+	if _, code := c.parse(fs, args, 0, strings.TrimSpace("--namespace NS "+moreFlags)); code >= 0 {
 		return code
 	}
 	if *ns == "" {
-		return usageErr(c.e, "ctl fleet-join: --namespace is required")
+		return usageErr(c.e, "%s: --namespace is required", fs.Name())
+	}
+	return -1
+}
+
+func (c *ctl) fleetJoin(ctx context.Context, args []string) int {
+	fs, ns := c.nsFlags("fleet-join")
+	stop := fs.Bool("stop", false, "stop announcing (an admitted replica stays a member until removed)")
+	if code := c.parseNS(fs, args, ns, "[--stop]"); code >= 0 {
+		return code
 	}
 	if *stop {
 		st, err := c.client.FleetLeave(ctx, *ns)
@@ -42,13 +57,9 @@ func (c *ctl) fleetJoin(ctx context.Context, args []string) int {
 }
 
 func (c *ctl) fleetStatus(ctx context.Context, args []string) int {
-	fs := c.flags("fleet-status")
-	ns := fs.String("namespace", "", "namespace id (hex)")
-	if _, code := c.parse(fs, args, 0, "--namespace NS"); code >= 0 {
+	fs, ns := c.nsFlags("fleet-status")
+	if code := c.parseNS(fs, args, ns, ""); code >= 0 {
 		return code
-	}
-	if *ns == "" {
-		return usageErr(c.e, "ctl fleet-status: --namespace is required")
 	}
 	st, err := c.client.FleetStatus(ctx, *ns)
 	if err != nil {
@@ -74,14 +85,10 @@ func yesNo(b bool) string {
 // longer covers (each removal rotates the group key). Exit 1 when a current
 // replica is left outside the policy, so scripts can alert on it.
 func (c *ctl) fleetReplicas(ctx context.Context, args []string) int {
-	fs := c.flags("fleet-replicas")
-	ns := fs.String("namespace", "", "namespace id (hex)")
+	fs, ns := c.nsFlags("fleet-replicas")
 	evict := fs.Bool("evict-outside-policy", false, "remove every current replica whose admission fails the current policy")
-	if _, code := c.parse(fs, args, 0, "--namespace NS [--evict-outside-policy]"); code >= 0 {
+	if code := c.parseNS(fs, args, ns, "[--evict-outside-policy]"); code >= 0 {
 		return code
-	}
-	if *ns == "" {
-		return usageErr(c.e, "ctl fleet-replicas: --namespace is required")
 	}
 	reps, err := c.client.FleetReplicas(ctx, *ns)
 	if err != nil {

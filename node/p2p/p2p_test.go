@@ -181,13 +181,20 @@ func TestGossipSyncAndCatchUp(t *testing.T) {
 	eventually(t, "late joiner", func() bool { return late.eng.count() == 71 })
 }
 
-func TestHeartbeatTriggersSync(t *testing.T) {
-	admin := key(1)
+// twoInTopic starts two nodes that share testNS's topic, both allowing
+// admin's ops.
+func twoInTopic(t *testing.T) (a, b *testNode, admin ed25519.PrivateKey) {
+	admin = key(1)
 	pub := admin.Public().(ed25519.PublicKey)
-	a := startNode(t, 1, newFakeEngine(testNS, true, pub))
-	b := startNode(t, 2, newFakeEngine(testNS, true, pub))
+	a = startNode(t, 1, newFakeEngine(testNS, true, pub))
+	b = startNode(t, 2, newFakeEngine(testNS, true, pub))
 	connect(t, a, b)
 	eventually(t, "topic peers", func() bool { return len(a.net.TopicPeers(testNS)) == 1 && len(b.net.TopicPeers(testNS)) == 1 })
+	return a, b, admin
+}
+
+func TestHeartbeatTriggersSync(t *testing.T) {
+	a, b, admin := twoInTopic(t)
 	// Written without publishing: only b's heartbeat tells a about it.
 	for i := range 5 {
 		b.eng.author(admin, fmt.Sprint(i))
@@ -200,12 +207,7 @@ func TestHeartbeatTriggersSync(t *testing.T) {
 // y. A head that is only pending here still means the peer has ops this node
 // lacks, so a syncs and y applies.
 func TestHeartbeatOfPendingHeadTriggersSync(t *testing.T) {
-	admin := key(1)
-	pub := admin.Public().(ed25519.PublicKey)
-	a := startNode(t, 1, newFakeEngine(testNS, true, pub))
-	b := startNode(t, 2, newFakeEngine(testNS, true, pub))
-	connect(t, a, b)
-	eventually(t, "topic peers", func() bool { return len(a.net.TopicPeers(testNS)) == 1 && len(b.net.TopicPeers(testNS)) == 1 })
+	a, b, admin := twoInTopic(t)
 	x := fakeOp(testNS, nil, admin, []byte("x"))
 	y := fakeOp(testNS, []OpID{sha256.Sum256(x)}, admin, []byte("y"))
 	// Applied directly, not published: only b's heartbeat can tell a.
