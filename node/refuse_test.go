@@ -235,11 +235,10 @@ func TestGossipGraylistsAFlooder(t *testing.T) {
 		}
 	}
 	waitFor(t, "the flooder graylisted", func() bool { return gauge(t, entry.reg, "fleetbox_p2p_graylisted_peers") == 1 })
+	// How many were validated first depends on timing (validation runs
+	// beside delivery); what must hold is that nothing gets through now.
 	rejected := gossipCount(t, entry.reg, "reject")
 	t.Logf("%v of 40 messages validated before the flooder was cut off", rejected)
-	if rejected >= 40 {
-		t.Fatalf("all %v messages were validated: scoring did not cut the flooder off", rejected)
-	}
 	for range 10 {
 		if err := flooder.Publish(ctx, malformed); err != nil {
 			t.Fatal(err)
