@@ -68,9 +68,40 @@ func BenchmarkFleetJoin(b *testing.B) {
 		b.StartTimer()
 	}
 	b.StopTimer()
+	worst := 0
+	for i := range lat {
+		if lat[i] > lat[worst] {
+			worst = i
+		}
+	}
 	slices.Sort(lat)
 	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
 	b.ReportMetric(float64(pct(0.50).Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(pct(0.99).Microseconds())/1000, "p99-ms")
-	b.Logf("fleet-join latency over %d joins: p50 %v, p99 %v, max %v (test-CA quotes, full verification)", len(lat), pct(0.5), pct(0.99), lat[len(lat)-1])
+	b.Logf("fleet-join latency over %d joins: p50 %v, p99 %v, max %v (test-CA quotes, full verification); the slowest was join %d", len(lat), pct(0.5), pct(0.99), lat[len(lat)-1], worst+1)
+	b.Logf("announces refused by the verifiers, by reason: %v", refusedByReason(b, a, v))
+}
+
+// refusedByReason sums fleet_announces_refused_total{reason} over nodes.
+func refusedByReason(t testing.TB, nodes ...*tnode) map[string]float64 {
+	out := map[string]float64{}
+	for _, n := range nodes {
+		mfs, err := n.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "fleet_announces_refused_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "reason" {
+						out[l.GetValue()] += m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+	}
+	return out
 }
