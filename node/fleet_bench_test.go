@@ -86,19 +86,10 @@ func BenchmarkFleetJoin(b *testing.B) {
 func refusedByReason(t testing.TB, nodes ...*tnode) map[string]float64 {
 	out := map[string]float64{}
 	for _, n := range nodes {
-		mfs, err := n.reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != "fleet_announces_refused_total" {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "reason" {
-						out[l.GetValue()] += m.GetCounter().GetValue()
-					}
+		for _, m := range metricsNamed(t, n.reg, "fleet_announces_refused_total") {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" {
+					out[l.GetValue()] += m.GetCounter().GetValue()
 				}
 			}
 		}

@@ -101,22 +101,28 @@ func (tb *fleetTestbed) fleetConfig(src attest.Source) func(*Config) {
 // carry the label value) from a node's registry.
 func counter(t testing.TB, reg *prometheus.Registry, name, label string) float64 {
 	t.Helper()
+	var sum float64
+	for _, m := range metricsNamed(t, reg, name) {
+		if label == "" || hasLabelValue(m, label) {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+// metricsNamed returns the children of one metric family in a registry.
+func metricsNamed(t testing.TB, reg *prometheus.Registry, name string) []*dto.Metric {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sum float64
 	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if label == "" || hasLabelValue(m, label) {
-				sum += m.GetCounter().GetValue()
-			}
+		if mf.GetName() == name {
+			return mf.GetMetric()
 		}
 	}
-	return sum
+	return nil
 }
 
 func hasLabelValue(m *dto.Metric, v string) bool {

@@ -65,20 +65,11 @@ func forgeGroupCreated(t testing.TB, ns governance.NamespaceID, parents []govern
 // gossipCount sums a node's fleetbox_p2p_gossip_messages_total{result}.
 func gossipCount(t testing.TB, reg *prometheus.Registry, result string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != "fleetbox_p2p_gossip_messages_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" && l.GetValue() == result {
-					sum += m.GetCounter().GetValue()
-				}
+	for _, m := range metricsNamed(t, reg, "fleetbox_p2p_gossip_messages_total") {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "result" && l.GetValue() == result {
+				sum += m.GetCounter().GetValue()
 			}
 		}
 	}
@@ -192,14 +183,8 @@ func TestGossipRefusals(t *testing.T) {
 // gauge reads a gauge from a node's registry.
 func gauge(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
+	if ms := metricsNamed(t, reg, name); len(ms) == 1 {
+		return ms[0].GetGauge().GetValue()
 	}
 	return 0
 }
