@@ -315,18 +315,15 @@ func (n *Network) Join(ns NamespaceID) error {
 		n.mu.Unlock()
 		return fmt.Errorf("p2p: joining %s: %w", name, err)
 	}
-	if err := topic.SetScoreParams(topicScoreParams()); err != nil {
-		_ = topic.Close()
-		_ = ps.UnregisterTopicValidator(name)
-		n.mu.Unlock()
-		return fmt.Errorf("p2p: scoring %s: %w", name, err)
+	var sub *pubsub.Subscription
+	if err = topic.SetScoreParams(topicScoreParams()); err == nil {
+		sub, err = topic.Subscribe(pubsub.WithBufferSize(1024))
 	}
-	sub, err := topic.Subscribe(pubsub.WithBufferSize(1024))
 	if err != nil {
 		_ = topic.Close()
 		_ = ps.UnregisterTopicValidator(name)
 		n.mu.Unlock()
-		return fmt.Errorf("p2p: subscribing to %s: %w", name, err)
+		return fmt.Errorf("p2p: scoring and subscribing to %s: %w", name, err)
 	}
 	ctx, cancel := context.WithCancel(runCtx)
 	n.topics[ns] = &nsTopic{topic: topic, sub: sub, cancel: cancel}
