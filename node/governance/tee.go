@@ -188,13 +188,9 @@ func (e *Engine) Replicas(ns NamespaceID) ([]Replica, error) {
 			pol, _ = attest.ParsePolicy(st.policy) // nil (refuses all) if unparsable
 		}
 		for _, pk := range slices.SortedFunc(maps.Keys(st.admissions), func(x, y PublicKey) int { return bytes.Compare(x[:], y[:]) }) {
-			mj := st.admissions[pk]
+			adm := st.admissions[pk].admission()
 			row, _ := st.effective(st.ns.Root(), pk)
-			out = append(out, Replica{
-				Admission: mj.admission(),
-				Member:    row != nil,
-				PolicyErr: fleet.Recheck(pol, mj.admission()),
-			})
+			out = append(out, Replica{Admission: adm, Member: row != nil, PolicyErr: fleet.Recheck(pol, adm)})
 		}
 		return nil
 	})
