@@ -169,7 +169,7 @@ func (s *Server) handleGetKey(w http.ResponseWriter, r *http.Request) {
 	resp := rel.resp
 	resp.AuditSeq = seq
 	resp.SignatureB64 = base64.StdEncoding.EncodeToString(ed25519.Sign(s.signer,
-		api.ResponseMessage(rel.challengeID, ev.PeerID, s.cfg.Profile, seq, rel.delivered)))
+		api.ResponseMessage(rel.challengeID, ev.PeerID, s.cfg.Profile, rel.instanceID, seq, rel.delivered)))
 	clear(rel.delivered)
 	writeJSON(w, http.StatusOK, resp)
 }
@@ -204,6 +204,7 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return nil, ev, shapeRefusal(err)
 	}
 	ev.PeerID = req.PeerIDText
+	ev.InstanceID = req.InstanceID
 	ev.Sealed = req.SealTo != nil
 
 	// The policy in force when the request arrived judges it, even if a
@@ -232,7 +233,7 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return nil, ev, refuse(api.CodeAttestationInvalid, err.Error())
 	}
 	ev.QuoteHash = q.Hash.String()
-	msg := api.SigningMessage(req.ChallengeID, nonce, req.PeerIDText, q.Hash, req.SealTo)
+	msg := api.SigningMessage(req.ChallengeID, nonce, req.PeerIDText, q.Hash, req.SealTo, req.InstanceID)
 	if ok, err := req.PublicKey.Verify(msg, req.Signature); err != nil || !ok {
 		return nil, ev, refuse(api.CodeInvalidSignature, "signatureB64 does not verify over the canonical request with peerPublicKeyB64")
 	}
@@ -250,9 +251,12 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 	ev.TcbStatus = string(verdict.TcbStatus)
 	ev.Mock = verdict.Mock
 
-	if err := attest.CheckBinding(q.ReportData, nonce, api.BindingFor(req.PeerIDText, req.SealTo)); err != nil {
+	if err := attest.CheckBinding(q.ReportData, nonce, api.BindingFor(req.PeerIDText, req.SealTo, req.InstanceID)); err != nil {
 		want := "nonce || SHA-256(peerId)"
-		if req.SealTo != nil {
+		switch {
+		case req.InstanceID != "":
+			want = "nonce || SHA-256(BindingFor(peerId, sealTo, instanceId))"
+		case req.SealTo != nil:
 			want = "nonce || SHA-256(peerId || sealTo)"
 		}
 		return nil, ev, refuse(api.CodeReportDataMismatch, "quote report_data is not "+want)
@@ -269,13 +273,13 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return nil, ev, refuse(api.CodePolicyRejected, details...)
 	}
 
-	key, err := s.cfg.RootSecret.DeriveKey(s.cfg.Profile, req.PeerIDText)
+	key, err := s.cfg.RootSecret.DeriveKey(s.cfg.Profile, req.PeerIDText, req.InstanceID)
 	if err != nil {
 		s.log.Error("deriving key", "err", err)
 		return nil, ev, refuse(api.CodeInternal)
 	}
 	defer clear(key[:])
-	rel = &released{resp: &api.GetKeyResponse{Profile: s.cfg.Profile}, challengeID: req.ChallengeID}
+	rel = &released{resp: &api.GetKeyResponse{Profile: s.cfg.Profile}, challengeID: req.ChallengeID, instanceID: req.InstanceID}
 	if req.SealTo != nil {
 		ct, err := key.Seal(req.SealTo, s.cfg.Profile, req.PeerIDText)
 		if err != nil {
@@ -294,6 +298,7 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 type released struct {
 	resp        *api.GetKeyResponse
 	challengeID string
+	instanceID  string
 	delivered   []byte // the key material as sent, which the response signature covers
 }
 

@@ -254,7 +254,7 @@ func (h *harness) challenge(t testing.TB, peerID string) (string, [32]byte) {
 func (h *harness) prepare(t testing.TB, n *node, sealTo []byte) *parts {
 	t.Helper()
 	id, nonce := h.challenge(t, n.id)
-	q, err := n.src.GetQuote(context.Background(), api.ReportData(nonce, n.id, sealTo))
+	q, err := n.src.GetQuote(context.Background(), api.ReportData(nonce, n.id, sealTo, ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func (p *parts) body() []byte {
 		if q, err := attest.ParseQuote(p.Quote); err == nil {
 			qh = q.Hash
 		}
-		sig = ed25519.Sign(p.SignKey, api.SigningMessage(p.ChallengeID, p.Nonce, p.PeerID, qh, p.SealTo))
+		sig = ed25519.Sign(p.SignKey, api.SigningMessage(p.ChallengeID, p.Nonce, p.PeerID, qh, p.SealTo, ""))
 	}
 	r := api.GetKeyRequest{
 		ChallengeID:      p.ChallengeID,

@@ -44,7 +44,7 @@ func newClient(t testing.TB, h *harness, n *node, seal bool) *client.Client {
 
 func expectKey(t testing.TB, h *harness, profile, peerID string) []byte {
 	t.Helper()
-	k, err := h.secret.DeriveKey(profile, peerID)
+	k, err := h.secret.DeriveKey(profile, peerID, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,17 +157,17 @@ func TestErrorCodes(t *testing.T) {
 		"signature over another quote": {mutate: func(_ *testing.T, _ *harness, n *node, p *parts) {
 			src := *n.src.(*attesttest.Source)
 			src.Options.MRConfigID = attest.MRConfigID{1}
-			q2, _ := src.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, nil))
+			q2, _ := src.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, nil, ""))
 			qq, _ := attest.ParseQuote(q2)
-			p.Sig = ed25519.Sign(n.sk, api.SigningMessage(p.ChallengeID, p.Nonce, p.PeerID, qq.Hash, nil))
+			p.Sig = ed25519.Sign(n.sk, api.SigningMessage(p.ChallengeID, p.Nonce, p.PeerID, qq.Hash, nil, ""))
 		}, code: api.CodeInvalidSignature, status: 401},
 		"signature without sealTo": {seal: true, mutate: func(_ *testing.T, _ *harness, n *node, p *parts) {
 			q, _ := attest.ParseQuote(p.Quote)
-			p.Sig = ed25519.Sign(n.sk, api.SigningMessage(p.ChallengeID, p.Nonce, p.PeerID, q.Hash, nil))
+			p.Sig = ed25519.Sign(n.sk, api.SigningMessage(p.ChallengeID, p.Nonce, p.PeerID, q.Hash, nil, ""))
 		}, code: api.CodeInvalidSignature, status: 401},
 		"garbage quote": {mutate: func(_ *testing.T, _ *harness, _ *node, p *parts) { p.Quote = []byte("garbage quote bytes") }, code: api.CodeAttestationInvalid, status: 403},
 		"quote from an untrusted CA": {mutate: func(t *testing.T, _ *harness, n *node, p *parts) {
-			p.Quote = plat2.Quote(t, attesttest.QuoteOptions{MRTD: goodMRTD, RTMR: goodRTMR, ReportData: api.ReportData(p.Nonce, n.id, nil)})
+			p.Quote = plat2.Quote(t, attesttest.QuoteOptions{MRTD: goodMRTD, RTMR: goodRTMR, ReportData: api.ReportData(p.Nonce, n.id, nil, "")})
 		}, code: api.CodeAttestationInvalid, status: 403},
 		"tampered quote body": {mutate: func(_ *testing.T, _ *harness, _ *node, p *parts) {
 			p.Quote = bytes.Clone(p.Quote)
@@ -186,10 +186,10 @@ func TestErrorCodes(t *testing.T) {
 		},
 		"report data of another nonce": {mutate: func(_ *testing.T, _ *harness, n *node, p *parts) {
 			var other [32]byte
-			p.Quote, _ = n.src.GetQuote(context.Background(), api.ReportData(other, p.PeerID, nil))
+			p.Quote, _ = n.src.GetQuote(context.Background(), api.ReportData(other, p.PeerID, nil, ""))
 		}, code: api.CodeReportDataMismatch, status: 403},
 		"report data without sealTo": {seal: true, mutate: func(_ *testing.T, _ *harness, n *node, p *parts) {
-			p.Quote, _ = n.src.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, nil))
+			p.Quote, _ = n.src.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, nil, ""))
 		}, code: api.CodeReportDataMismatch, status: 403},
 		"report data binding the raw key, not the peer id": {mutate: func(_ *testing.T, _ *harness, n *node, p *parts) {
 			p.Quote, _ = n.src.GetQuote(context.Background(), attest.BindPublicKey(p.Nonce, p.PubKey))
@@ -197,16 +197,16 @@ func TestErrorCodes(t *testing.T) {
 		"wrong mrtd": {mutate: func(_ *testing.T, _ *harness, n *node, p *parts) {
 			src := *n.src.(*attesttest.Source)
 			src.Options.MRTD = attest.MRTD(attest.MockMeasurement("other image"))
-			p.Quote, _ = src.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, nil))
+			p.Quote, _ = src.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, nil, ""))
 		}, code: api.CodePolicyRejected, status: 403},
 		"debug td": {mutate: func(_ *testing.T, _ *harness, n *node, p *parts) {
 			src := *n.src.(*attesttest.Source)
 			src.Options.TDAttributes = attest.TDAttributes{1}
-			p.Quote, _ = src.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, nil))
+			p.Quote, _ = src.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, nil, ""))
 		}, code: api.CodePolicyRejected, status: 403},
 		"mock quote refused": {mutate: func(_ *testing.T, _ *harness, _ *node, p *parts) {
 			m := &attest.MockSource{Quote: attest.MockQuote{MRTD: goodMRTD, RTMR: goodRTMR}}
-			p.Quote, _ = m.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, nil))
+			p.Quote, _ = m.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, nil, ""))
 		}, code: api.CodePolicyRejected, status: 403},
 		"tcb out of date": {
 			opts: harnessOpts{collateral: func() *attest.Collateral {
@@ -217,7 +217,7 @@ func TestErrorCodes(t *testing.T) {
 		},
 		"low-order seal key": {seal: true, mutate: func(_ *testing.T, _ *harness, n *node, p *parts) {
 			p.SealTo = make([]byte, 32) // the all-zero point: X25519 gives a zero secret
-			p.Quote, _ = n.src.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, p.SealTo))
+			p.Quote, _ = n.src.GetQuote(context.Background(), api.ReportData(p.Nonce, p.PeerID, p.SealTo, ""))
 		}, code: api.CodeInvalidRequest, status: 400},
 	}
 	for name, c := range cases {
@@ -303,7 +303,7 @@ func TestCheckOrder(t *testing.T) {
 	// is attestation_invalid.
 	p = h.prepare(t, n, nil)
 	var zero [32]byte
-	p.Quote, _ = n.src.GetQuote(context.Background(), api.ReportData(zero, n.id, nil))
+	p.Quote, _ = n.src.GetQuote(context.Background(), api.ReportData(zero, n.id, nil, ""))
 	p.Quote[48+200] ^= 1
 	if r := h.send(t, p); r.err.Error != api.CodeAttestationInvalid {
 		t.Fatalf("bad quote and bad binding: %+v", r)
@@ -313,7 +313,7 @@ func TestCheckOrder(t *testing.T) {
 	p = h.prepare(t, n, nil)
 	src := *n.src.(*attesttest.Source)
 	src.Options.MRTD = attest.MRTD{9}
-	p.Quote, _ = src.GetQuote(context.Background(), api.ReportData(zero, n.id, nil))
+	p.Quote, _ = src.GetQuote(context.Background(), api.ReportData(zero, n.id, nil, ""))
 	if r := h.send(t, p); r.err.Error != api.CodeReportDataMismatch {
 		t.Fatalf("bad binding and bad mrtd: %+v", r)
 	}
@@ -440,6 +440,73 @@ func TestNewServerRefusesInvalidPolicy(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("a policy with unpinned RTMRs was accepted")
+	}
+}
+
+// An instance key depends on the instance ID and the profile only: two boots
+// of one instance, each with a fresh peer key, get the same key; another
+// instance gets another; the audit record names the instance. A quote that
+// binds the request without its instance ID is refused.
+func TestInstanceKey(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	ctx := context.Background()
+	const inst = "3f2a6c1e-7b4d-4c2a-9e1f-0a1b2c3d4e5f"
+	get := func(seed byte, instance string, seal bool) *client.Key {
+		t.Helper()
+		n := newNode(t, h, seed, goodMRTD)
+		c, err := client.New(client.Config{URL: h.url, Identity: n.sk, Source: n.src, Seal: seal, InstanceID: instance, MaxAttempts: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := c.GetKey(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	boot1, boot2 := get(1, inst, true), get(2, inst, false)
+	other := get(1, "0b5e6f3a-1111-4222-8333-944455556666", true)
+	perPeer := get(1, "", true)
+	want, err := h.secret.DeriveKey(kms.DefaultProfile, "ignored", inst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(boot1.Bytes(), want[:]) || !boot1.Equal(boot2) {
+		t.Fatal("two boots of one instance got different keys, or not HKDF(root, fleetbox/storage/default/instance/<id>)")
+	}
+	if other.Equal(boot1) || perPeer.Equal(boot1) {
+		t.Fatal("another instance, or the per-peer key, equals the instance key")
+	}
+	pg, err := h.srv.AuditPage(0, 10)
+	if err != nil || len(pg.Entries) != 4 {
+		t.Fatalf("audit page: %v, %d entries", err, len(pg.Entries))
+	}
+	for i, want := range []string{inst, inst, "0b5e6f3a-1111-4222-8333-944455556666", ""} {
+		var rec audit.Record
+		if err := json.Unmarshal(pg.Entries[i].Record, &rec); err != nil || rec.InstanceID != want {
+			t.Fatalf("audit record %d names instance %q, want %q (%v)", i+1, rec.InstanceID, want, err)
+		}
+	}
+
+	// A quote bound without the instance ID does not release it.
+	n := newNode(t, h, 3, goodMRTD)
+	p := h.prepare(t, n, nil)
+	r := api.GetKeyRequest{
+		ChallengeID: p.ChallengeID, QuoteB64: base64.StdEncoding.EncodeToString(p.Quote), PeerID: p.PeerID,
+		PeerPublicKeyB64: base64.StdEncoding.EncodeToString(p.PubKey), InstanceID: inst,
+	}
+	q, _ := attest.ParseQuote(p.Quote)
+	r.SignatureB64 = base64.StdEncoding.EncodeToString(ed25519.Sign(n.sk, api.SigningMessage(p.ChallengeID, p.Nonce, p.PeerID, q.Hash, nil, inst)))
+	p.Body, _ = json.Marshal(r)
+	if res := h.send(t, p); res.err.Error != api.CodeReportDataMismatch {
+		t.Fatalf("quote without the instance binding: %d %+v", res.status, res.err)
+	}
+	// A malformed instance ID is a shape error.
+	p = h.prepare(t, n, nil)
+	r.ChallengeID, r.InstanceID = p.ChallengeID, "NOT/AN-ID"
+	p.Body, _ = json.Marshal(r)
+	if res := h.send(t, p); res.status != 400 || res.err.Error != api.CodeInvalidRequest {
+		t.Fatalf("malformed instance id: %d %+v", res.status, res.err)
 	}
 }
 

@@ -66,14 +66,20 @@ func (StorageKey) MarshalText() ([]byte, error) { return []byte("StorageKey(reda
 // LogValue implements slog.LogValuer.
 func (StorageKey) LogValue() slog.Value { return slog.StringValue("StorageKey(redacted)") }
 
-// KeyInfo is the HKDF info for a storage key.
-func KeyInfo(profile, peerID string) string { return "fleetbox/storage/" + profile + "/" + peerID }
+// KeyInfo is the HKDF info for a storage key: per peer, or per instance when
+// instanceID is set. A base58 peer ID never contains '/', so the two forms
+// cannot collide.
+func KeyInfo(profile, peerID, instanceID string) string {
+	if instanceID != "" {
+		return "fleetbox/storage/" + profile + "/instance/" + instanceID
+	}
+	return "fleetbox/storage/" + profile + "/" + peerID
+}
 
-// DeriveKey derives a node's storage key:
-// HKDF-SHA256(root secret, salt = none, info = "fleetbox/storage/" + profile
-// + "/" + peerID), 32 bytes (RFC 5869).
-func (r *RootSecret) DeriveKey(profile, peerID string) (*StorageKey, error) {
-	b, err := hkdf.Key(sha256.New, r.b, nil, KeyInfo(profile, peerID), api.KeySize)
+// DeriveKey derives a storage key: HKDF-SHA256(root secret, salt = none,
+// info = KeyInfo(profile, peerID, instanceID)), 32 bytes (RFC 5869).
+func (r *RootSecret) DeriveKey(profile, peerID, instanceID string) (*StorageKey, error) {
+	b, err := hkdf.Key(sha256.New, r.b, nil, KeyInfo(profile, peerID, instanceID), api.KeySize)
 	if err != nil {
 		return nil, fmt.Errorf("deriving storage key: %w", err)
 	}

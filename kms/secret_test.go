@@ -33,7 +33,7 @@ func TestFileRootSecret(t *testing.T) {
 	if err != nil || !a.Equal(b) {
 		t.Fatalf("second load: %v", err)
 	}
-	k, _ := a.DeriveKey("p", "peer")
+	k, _ := a.DeriveKey("p", "peer", "")
 	if s := fmt.Sprintf("%v %x %s %+v %#v %v %v %x", a, a, a, a, a, *a, k, *k); strings.Count(s, "(redacted)") != 8 {
 		t.Fatalf("formatted root secret: %s", s)
 	}
@@ -136,8 +136,8 @@ func TestDstackRootSecret(t *testing.T) {
 	}
 	// The same agent key gives the same storage keys: a KMS moved to
 	// another CVM of the same app keeps releasing the same keys.
-	k1, _ := rs.DeriveKey("default", "peer")
-	k2, _ := want.DeriveKey("default", "peer")
+	k1, _ := rs.DeriveKey("default", "peer", "")
+	k2, _ := want.DeriveKey("default", "peer", "")
 	if *k1 != *k2 {
 		t.Fatal("derived keys differ")
 	}

@@ -96,8 +96,12 @@ type Config struct {
 	// Home is the node's directory (identity, token, config, store).
 	Home string
 	FileConfig
-	// StoreKey, if set, is used instead of any file or credential (tests).
+	// StoreKey, if set, is used instead of any file or credential: a key the
+	// caller fetched (from the KMS, with kms/client.Fetch) or a test key.
 	StoreKey *[32]byte
+	// StoreKeySource says where StoreKey came from ("kms http://…"), for
+	// the logs and the status route; never the key.
+	StoreKeySource string
 	// InsecureDevKey allows a locally generated store key when no key file or
 	// credential is given. Never in production: the key sits beside the data.
 	InsecureDevKey bool
@@ -105,8 +109,6 @@ type Config struct {
 	NoSync bool
 	// Fleet configures fleet-join and the checking of other replicas.
 	Fleet FleetConfig
-	// KMS, if set, supplies the store key (before any file or credential).
-	KMS *KMSConfig
 	// Version is reported by the status route.
 	Version string
 	Logger  *slog.Logger

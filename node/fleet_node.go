@@ -1,14 +1,11 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/http"
 	"path/filepath"
 	"sync"
 	"time"
@@ -18,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fleetbox/fleetbox/attest"
-	kmsclient "github.com/fleetbox/fleetbox/kms/client"
 	"github.com/fleetbox/fleetbox/node/fleet"
 	"github.com/fleetbox/fleetbox/node/governance"
 	"github.com/fleetbox/fleetbox/node/p2p"
@@ -40,20 +36,6 @@ type FleetConfig struct {
 	Window time.Duration
 	// AnnounceMinBackoff and AnnounceMaxBackoff bound re-announcing.
 	AnnounceMinBackoff, AnnounceMaxBackoff time.Duration
-}
-
-// KMSConfig makes the node fetch its store key from a KMS before it opens
-// the store: the path the appliance uses.
-type KMSConfig struct {
-	URL string
-	// Policy, if set, is checked against the KMS's own quote (/attest)
-	// before the node trusts it with a quote of its own.
-	Policy *attest.Policy
-	// Verifier checks the KMS's quote; nil: attest.NewVerifier defaults.
-	Verifier *attest.Verifier
-	// Seal asks for the key HPKE-sealed to an ephemeral key.
-	Seal       bool
-	HTTPClient *http.Client
 }
 
 // fleetState is the node's fleet-replica machinery. mu guards the maps.
@@ -668,51 +650,6 @@ func (n *Node) FleetReplicas(ns governance.NamespaceID) ([]ReplicaInfo, error) {
 	return out, nil
 }
 
-// storeKey gets the store key from the KMS when one is configured, else
-// from a file, the systemd credential or the development key.
-func (n *Node) storeKey(ctx context.Context) (*store.Key, storeKeySource, error) {
-	if n.cfg.KMS != nil {
-		return n.storeKeyFromKMS(ctx)
-	}
-	return loadStoreKey(&n.cfg, n.log)
-}
-
-// storeKeyFromKMS gets the store key from the KMS with the node identity
-// and quote source.
-func (n *Node) storeKeyFromKMS(ctx context.Context) (*store.Key, storeKeySource, error) {
-	k := n.cfg.KMS
-	if n.cfg.Fleet.QuoteSource == nil {
-		return nil, "", errors.New("store key from the KMS needs a quote source (--tdx or --mock-tdx)")
-	}
-	c, err := kmsclient.New(kmsclient.Config{URL: k.URL, Identity: ed25519.PrivateKey(n.id), Source: n.cfg.Fleet.QuoteSource,
-		Seal: k.Seal, HTTPClient: k.HTTPClient, Logger: n.log.With("component", "kms-client")})
-	if err != nil {
-		return nil, "", err
-	}
-	if k.Policy != nil {
-		v := k.Verifier
-		if v == nil {
-			v = attest.NewVerifier(attest.VerifierConfig{})
-		}
-		if _, err := c.CheckKMS(ctx, v, k.Policy); err != nil {
-			return nil, "", fmt.Errorf("checking the KMS at %s before trusting it: %w", k.URL, err)
-		}
-	}
-	key, err := c.GetKey(ctx)
-	if err != nil {
-		return nil, "", fmt.Errorf("getting the store key from the KMS at %s: %w", k.URL, err)
-	}
-	defer key.Wipe()
-	var sk store.Key
-	b := key.Bytes()
-	copy(sk[:], b)
-	store.Wipe(b)
-	if bytes.Equal(sk[:], make([]byte, len(sk))) {
-		return nil, "", errors.New("the KMS returned an all-zero key")
-	}
-	return &sk, storeKeySource("kms " + k.URL), nil
-}
-
 // resume starts announcers for fleet-joined namespaces (recorded, or listed
 // in the config) that are not admitted yet.
 func (f *fleetState) resume(ctx context.Context) {
@@ -786,7 +723,7 @@ func Reconcile(ctx context.Context, cfg Config) (*ReconcileReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, src, err := n.storeKey(ctx)
+	key, src, err := loadStoreKey(&n.cfg, n.log)
 	if err != nil {
 		return nil, err
 	}

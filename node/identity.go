@@ -179,7 +179,11 @@ type storeKeySource string
 func loadStoreKey(cfg *Config, log *slog.Logger) (*store.Key, storeKeySource, error) {
 	if cfg.StoreKey != nil {
 		k := store.Key(*cfg.StoreKey)
-		return &k, "config", nil
+		src := storeKeySource(cfg.StoreKeySource)
+		if src == "" {
+			src = "config"
+		}
+		return &k, src, nil
 	}
 	if cfg.StoreKeyFile != "" {
 		b, err := readSecret(cfg.StoreKeyFile)

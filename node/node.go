@@ -104,7 +104,7 @@ func (n *Node) Token() string { return n.token }
 // everything it opened.
 func (n *Node) Run(ctx context.Context) error {
 	n.started = time.Now()
-	key, src, err := n.storeKey(ctx)
+	key, src, err := loadStoreKey(&n.cfg, n.log)
 	if err != nil {
 		return err
 	}

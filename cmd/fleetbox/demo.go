@@ -207,7 +207,7 @@ func (d *demo) startKMS(pol *attest.Policy) (string, *prometheus.Registry, error
 }
 
 // startNode initialises a node home and runs the node.
-func (d *demo) startNode(name string, mod func(*node.Config)) (*demoNode, error) {
+func (d *demo) startNode(name string, mod func(*node.Config) error) (*demoNode, error) {
 	home := filepath.Join(d.dir, name)
 	fc := node.FileConfig{
 		ListenAddrs:       []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"},
@@ -220,7 +220,9 @@ func (d *demo) startNode(name string, mod func(*node.Config)) (*demoNode, error)
 	cfg := node.Config{Home: home, FileConfig: fc, Version: version, Logger: d.log.With("node", name)}
 	cfg.Fleet.Window = time.Minute
 	cfg.Fleet.AnnounceMinBackoff, cfg.Fleet.AnnounceMaxBackoff = 200*time.Millisecond, 2*time.Second
-	mod(&cfg)
+	if err := mod(&cfg); err != nil {
+		return nil, fmt.Errorf("node %s: %w", name, err)
+	}
 	n, err := node.New(cfg)
 	if err != nil {
 		return nil, err
@@ -281,9 +283,9 @@ func (d *demo) story(keep bool) bool {
 		d.say("KMS: %v", err)
 		return false
 	}
-	fromKMS := func(c *node.Config) {
+	fromKMS := func(c *node.Config) error {
 		c.Fleet.QuoteSource = imageSource()
-		c.KMS = &node.KMSConfig{URL: kmsURL, Seal: true}
+		return fetchStoreKey(d.ctx, &env{logger: d.log}, c, kmsURL, "", true)
 	}
 
 	a, err := d.startNode("member-a", fromKMS)
@@ -304,7 +306,7 @@ func (d *demo) story(keep bool) bool {
 }
 
 func (d *demo) namespaceStory(a, b *demoNode, image attest.MockQuote, pol *attest.Policy, imageSource func() attest.Source,
-	fromKMS func(*node.Config), kmsURL string, kmsReg *prometheus.Registry, keep bool) bool {
+	fromKMS func(*node.Config) error, kmsURL string, kmsReg *prometheus.Registry, keep bool) bool {
 	ctx := d.ctx
 	created, err := a.client.CreateNamespace(ctx)
 	if err != nil {
@@ -381,9 +383,10 @@ func (d *demo) namespaceStory(a, b *demoNode, image attest.MockQuote, pol *attes
 		"KMS refused the wrong-MRTD replica its key: %s", firstLine(kerr))
 	var throwaway [32]byte
 	rand.Read(throwaway[:])
-	w, err := d.startNode("wrong-replica", func(c *node.Config) {
+	w, err := d.startNode("wrong-replica", func(c *node.Config) error {
 		c.Fleet.QuoteSource = &attest.MockSource{Quote: wrong}
 		c.StoreKey = &throwaway // no KMS key for it: a throwaway local key
+		return nil
 	})
 	refused := false
 	if err == nil {

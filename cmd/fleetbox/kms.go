@@ -29,7 +29,7 @@ import (
 const kmsUsage = `usage:
   fleetbox kms serve --listen ADDR --policy FILE --state DIR [--root-secret file|dstack] [--profile NAME]
                      [--collateral FILE | --collateral-cache DIR [--pccs-url URL]] [--attest-source auto|tdx|dstack|mock]
-  fleetbox kms get-key --url URL --identity FILE [--seal] [--mock-tdx [--mock-mrtd HEX] [--mock-rtmrN HEX]] [--out FILE]
+  fleetbox kms get-key --url URL --identity FILE [--seal] [--instance ID] [--mock-tdx [--mock-mrtd HEX] [--mock-rtmrN HEX]] [--out FILE]
   fleetbox kms audit verify (--url URL [--pubkey BASE64] | --state DIR)
   fleetbox kms load --url URL [--clients N] [--duration D] [--seal] [--mock-mrtd HEX] [--mock-rtmrN HEX]`
 
@@ -188,6 +188,7 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 	url := fs.String("url", "", "KMS base `url` (required)")
 	identity := fs.String("identity", "", "node identity `file` (Ed25519, PEM PKCS#8; created if missing)")
 	seal := fs.Bool("seal", false, "ask for the key HPKE-sealed to an ephemeral X25519 key the quote binds")
+	instance := fs.String("instance", "", "ask for the key of this instance `id` (a lowercase UUID) rather than of the identity's peer")
 	mockTDX := fs.Bool("mock-tdx", false, "use a MOCK quote instead of configfs-tsm (the KMS policy must accept mock)")
 	var mf mockFlags
 	mf.register(fs)
@@ -214,7 +215,7 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 	} else if src, err = attest.NewTSMSource(); err != nil {
 		return usageErr(e, "kms get-key: %v (use --mock-tdx on a machine without TDX)", err)
 	}
-	c, err := client.New(client.Config{URL: *url, Identity: sk, Source: src, Seal: *seal, MaxAttempts: *attempts, Logger: e.logger})
+	c, err := client.New(client.Config{URL: *url, Identity: sk, Source: src, Seal: *seal, InstanceID: *instance, MaxAttempts: *attempts, Logger: e.logger})
 	if err != nil {
 		return usageErr(e, "kms get-key: %v", err)
 	}

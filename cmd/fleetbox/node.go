@@ -144,8 +144,8 @@ func nodeRun(ctx context.Context, e *env, args []string) int {
 		Version:        version,
 		Logger:         e.logger,
 	}
-	if err := ff.apply(e, &cfg); err != nil {
-		return usageErr(e, "node run: %v", err)
+	if err := ff.apply(ctx, e, &cfg); err != nil {
+		return applyErr(e, "node run", err)
 	}
 	n, err := node.New(cfg)
 	if err != nil {

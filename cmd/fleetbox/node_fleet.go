@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 
 	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/kms/client"
 	"github.com/fleetbox/fleetbox/node"
 )
 
@@ -54,8 +56,9 @@ func (f *fleetFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.join, "fleet-join", "fleet-join this namespace `id` at start (repeatable; adds to the config file's)")
 }
 
-// apply fills the node config from the flags.
-func (f *fleetFlags) apply(e *env, cfg *node.Config) error {
+// apply fills the node config from the flags; with --kms it fetches the
+// store key (the node's home must hold its identity).
+func (f *fleetFlags) apply(ctx context.Context, e *env, cfg *node.Config) error {
 	src, err := f.quotes.source()
 	if err != nil {
 		return err
@@ -69,22 +72,71 @@ func (f *fleetFlags) apply(e *env, cfg *node.Config) error {
 		cfg.Fleet.Verifier = attest.NewVerifier(attest.VerifierConfig{Collateral: coll, Logger: e.logger})
 	}
 	cfg.FleetJoin = append(cfg.FleetJoin, f.join...)
-	if f.kmsURL != "" {
-		if src == nil {
-			return errors.New("--kms needs a quote source: --tdx, or --mock-tdx on a machine without TDX")
-		}
-		k := &node.KMSConfig{URL: f.kmsURL, Seal: f.kmsSeal, Verifier: cfg.Fleet.Verifier}
-		if f.kmsPolicy != "" {
-			if k.Policy, err = attest.LoadPolicyFile(f.kmsPolicy); err != nil {
-				return err
-			}
-		}
-		cfg.KMS = k
+	if f.kmsURL != "" && src == nil {
+		return errors.New("--kms needs a quote source: --tdx, or --mock-tdx on a machine without TDX")
 	}
 	if src != nil && src.Kind() == "mock" {
 		e.logger.Warn("MOCK TDX: this node's quotes are mock quotes; no hardware backs them")
 	}
+	if f.kmsURL != "" {
+		if err := fetchStoreKey(ctx, e, cfg, f.kmsURL, f.kmsPolicy, f.kmsSeal); err != nil {
+			return &runtimeError{err}
+		}
+	}
 	return nil
+}
+
+// runtimeError marks a failure of something outside the command line (the
+// KMS, the network) so the caller exits 1 or 3 rather than 2.
+type runtimeError struct{ err error }
+
+func (e *runtimeError) Error() string { return e.err.Error() }
+func (e *runtimeError) Unwrap() error { return e.err }
+
+// fetchStoreKey gets the node's store key from the KMS with the node's own
+// identity and quote source (kms/client.Fetch, the path the appliance uses
+// too) and puts it in cfg.
+func fetchStoreKey(ctx context.Context, e *env, cfg *node.Config, url, policyFile string, seal bool) error {
+	sk, err := node.LoadIdentity(cfg.Home)
+	if err != nil {
+		return err
+	}
+	c, err := client.New(client.Config{URL: url, Identity: sk, Source: cfg.Fleet.QuoteSource, Seal: seal,
+		Logger: e.logger.With("component", "kms-client")})
+	if err != nil {
+		return err
+	}
+	trust := client.Trust{Verifier: cfg.Fleet.Verifier}
+	if policyFile != "" {
+		if trust.Policy, err = attest.LoadPolicyFile(policyFile); err != nil {
+			return err
+		}
+	}
+	key, _, err := c.Fetch(ctx, trust)
+	if err != nil {
+		return err
+	}
+	defer key.Wipe()
+	b := key.Bytes()
+	defer clear(b)
+	var sk32 [32]byte
+	copy(sk32[:], b)
+	if sk32 == ([32]byte{}) {
+		return errors.New("the KMS returned an all-zero key")
+	}
+	cfg.StoreKey, cfg.StoreKeySource = &sk32, "kms "+url
+	return nil
+}
+
+// applyErr reports a fleetFlags.apply failure: bad flags exit 2, a KMS that
+// refused or could not be reached exits 1.
+func applyErr(e *env, cmd string, err error) int {
+	var re *runtimeError
+	if errors.As(err, &re) {
+		fmt.Fprintf(e.stderr, "fleetbox: %s: %v\n", cmd, err)
+		return exitNo
+	}
+	return usageErr(e, "%s: %v", cmd, err)
 }
 
 // nodeSelfPurge runs `fleetbox node self-purge reconcile`.
@@ -113,8 +165,8 @@ func nodeSelfPurge(ctx context.Context, e *env, args []string) int {
 		fc.StoreKeyFile = *keyFile
 	}
 	cfg := node.Config{Home: *home, FileConfig: fc, InsecureDevKey: *devKey, Version: version, Logger: e.logger}
-	if err := ff.apply(e, &cfg); err != nil {
-		return usageErr(e, "node self-purge reconcile: %v", err)
+	if err := ff.apply(ctx, e, &cfg); err != nil {
+		return applyErr(e, "node self-purge reconcile", err)
 	}
 	rep, err := node.Reconcile(ctx, cfg)
 	if rep != nil {

@@ -112,6 +112,12 @@ type GetKeyRequest struct {
 	PeerPublicKeyB64 string `json:"peerPublicKeyB64"`
 	SignatureB64     string `json:"signatureB64"`
 	SealToB64        string `json:"sealToB64,omitempty"`
+	// InstanceID, if set, asks for the key of an instance rather than of
+	// the peer: HKDF info "fleetbox/storage/<profile>/instance/<id>". The
+	// appliance uses it, with a fresh peer key per boot, so that the
+	// per-instance key is stable across boots while no private key of the
+	// instance ever rests on disk (appliance/README.md, instance identity).
+	InstanceID string `json:"instanceId,omitempty"`
 }
 
 // GetKeyResponse answers POST /get-key: Key (hex) without sealing,
@@ -210,6 +216,8 @@ type GetKey struct {
 	Signature   []byte
 	// SealTo is the X25519 public key to seal to; nil for a plain key.
 	SealTo []byte
+	// InstanceID is empty for a per-peer key.
+	InstanceID string
 }
 
 // DecodeGetKeyRequest decodes a /get-key body and checks its shape: every
@@ -247,7 +255,31 @@ func DecodeGetKeyRequest(data []byte) (*GetKey, error) {
 			return nil, err
 		}
 	}
+	if r.InstanceID != "" {
+		if err := CheckInstanceID(r.InstanceID); err != nil {
+			return nil, err
+		}
+		g.InstanceID = r.InstanceID
+	}
 	return g, nil
+}
+
+var instanceIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{7,63}$`)
+
+// CheckInstanceID checks an instance ID's shape: 8-64 of a-z, 0-9 and '-',
+// not starting with '-' (a UUID in its lowercase text form fits).
+func CheckInstanceID(id string) error {
+	if !instanceIDRe.MatchString(id) {
+		return shapeErr("instanceId %q: want 8-64 of a-z 0-9 - (a lowercase UUID, for example)", truncate(id, 80))
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 // DecodeAttestRequest decodes an /attest body and returns its nonce.
@@ -339,8 +371,9 @@ const SigningDomain = "fleetbox/kms/get-key/v1"
 //	len(peerId) peerId            (base58 text)
 //	quoteHash (32)                (attest.Quote.Hash)
 //	len(sealTo) sealTo            (0 or 32 bytes)
-func SigningMessage(challengeID string, nonce [attest.NonceSize]byte, peerID string, quoteHash attest.QuoteHash, sealTo []byte) []byte {
-	out := make([]byte, 0, len(SigningDomain)+1+3*4+len(challengeID)+len(peerID)+len(sealTo)+64)
+//	len(instanceId) instanceId    (0 for a per-peer key)
+func SigningMessage(challengeID string, nonce [attest.NonceSize]byte, peerID string, quoteHash attest.QuoteHash, sealTo []byte, instanceID string) []byte {
+	out := make([]byte, 0, len(SigningDomain)+1+4*4+len(challengeID)+len(peerID)+len(sealTo)+len(instanceID)+64)
 	out = append(out, SigningDomain...)
 	out = append(out, 0)
 	out = binary.BigEndian.AppendUint32(out, uint32(len(challengeID)))
@@ -351,6 +384,8 @@ func SigningMessage(challengeID string, nonce [attest.NonceSize]byte, peerID str
 	out = append(out, quoteHash[:]...)
 	out = binary.BigEndian.AppendUint32(out, uint32(len(sealTo)))
 	out = append(out, sealTo...)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(instanceID)))
+	out = append(out, instanceID...)
 	return out
 }
 
@@ -358,15 +393,16 @@ func SigningMessage(challengeID string, nonce [attest.NonceSize]byte, peerID str
 const ResponseDomain = "fleetbox/kms/get-key-response/v1"
 
 // ResponseMessage is what the KMS signs in a /get-key answer: the domain and
-// a NUL, then length-prefixed challengeId, peerId and profile, the audit
-// sequence number (8 bytes big-endian), and SHA-256 of the delivered key
-// material as sent (the 32 key bytes, or the HPKE ciphertext).
-func ResponseMessage(challengeID, peerID, profile string, auditSeq uint64, delivered []byte) []byte {
+// a NUL, then length-prefixed challengeId, peerId, profile and instanceId
+// (empty for a per-peer key), the audit sequence number (8 bytes
+// big-endian), and SHA-256 of the delivered key material as sent (the 32 key
+// bytes, or the HPKE ciphertext).
+func ResponseMessage(challengeID, peerID, profile, instanceID string, auditSeq uint64, delivered []byte) []byte {
 	h := sha256.Sum256(delivered)
-	out := make([]byte, 0, len(ResponseDomain)+1+3*4+len(challengeID)+len(peerID)+len(profile)+8+32)
+	out := make([]byte, 0, len(ResponseDomain)+1+4*4+len(challengeID)+len(peerID)+len(profile)+len(instanceID)+8+32)
 	out = append(out, ResponseDomain...)
 	out = append(out, 0)
-	for _, f := range []string{challengeID, peerID, profile} {
+	for _, f := range []string{challengeID, peerID, profile, instanceID} {
 		out = binary.BigEndian.AppendUint32(out, uint32(len(f)))
 		out = append(out, f...)
 	}
@@ -376,17 +412,36 @@ func ResponseMessage(challengeID, peerID, profile string, auditSeq uint64, deliv
 
 // BindingFor returns what SHA-256 covers in the second half of a key
 // release's report_data: the peer ID's base58 text, followed by the sealing
-// key when there is one.
-func BindingFor(peerID string, sealTo []byte) []byte {
-	b := make([]byte, 0, len(peerID)+len(sealTo))
-	b = append(b, peerID...)
-	return append(b, sealTo...)
+// key when there is one. A request for an instance key binds the instance ID
+// too, in a length-prefixed form that starts with InstanceBindingDomain (a
+// base58 peer ID never does), so neither form can be read as the other:
+//
+//	"fleetbox/kms/binding/v2" 0x00
+//	len(peerId) peerId  len(sealTo) sealTo  len(instanceId) instanceId
+func BindingFor(peerID string, sealTo []byte, instanceID string) []byte {
+	if instanceID == "" {
+		b := make([]byte, 0, len(peerID)+len(sealTo))
+		b = append(b, peerID...)
+		return append(b, sealTo...)
+	}
+	b := make([]byte, 0, len(InstanceBindingDomain)+1+3*4+len(peerID)+len(sealTo)+len(instanceID))
+	b = append(b, InstanceBindingDomain...)
+	b = append(b, 0)
+	for _, f := range [][]byte{[]byte(peerID), sealTo, []byte(instanceID)} {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
+		b = append(b, f...)
+	}
+	return b
 }
 
+// InstanceBindingDomain starts the report_data binding of an instance-key
+// request.
+const InstanceBindingDomain = "fleetbox/kms/binding/v2"
+
 // ReportData is the report_data a node binds into its quote for a key
-// release: nonce || SHA-256(peerId) or nonce || SHA-256(peerId || sealTo).
-func ReportData(nonce [attest.NonceSize]byte, peerID string, sealTo []byte) attest.ReportData {
-	return attest.BindPublicKey(nonce, BindingFor(peerID, sealTo))
+// release: nonce || SHA-256(BindingFor(peerId, sealTo, instanceId)).
+func ReportData(nonce [attest.NonceSize]byte, peerID string, sealTo []byte, instanceID string) attest.ReportData {
+	return attest.BindPublicKey(nonce, BindingFor(peerID, sealTo, instanceID))
 }
 
 // SealInfo is the HPKE info string a sealed key is bound to: the profile and

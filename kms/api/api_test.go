@@ -35,7 +35,7 @@ func validRequest(t testing.TB, seal bool) []byte {
 	if seal {
 		sealTo = bytes.Repeat([]byte{9}, 32)
 	}
-	q := attest.MockQuote{}.Encode(api.ReportData(nonce, id, sealTo))
+	q := attest.MockQuote{}.Encode(api.ReportData(nonce, id, sealTo, ""))
 	r := api.GetKeyRequest{
 		ChallengeID:      base64.RawURLEncoding.EncodeToString(make([]byte, 16)),
 		QuoteB64:         base64.StdEncoding.EncodeToString(q),
@@ -78,11 +78,51 @@ func TestDecodeGetKeyRequest(t *testing.T) {
 func TestSigningMessageIsUnambiguous(t *testing.T) {
 	var n [32]byte
 	var h attest.QuoteHash
-	a := api.SigningMessage("ab", n, "c", h, nil)
-	b := api.SigningMessage("a", n, "bc", h, nil)
-	c := api.SigningMessage("ab", n, "c", h, make([]byte, 32))
-	if bytes.Equal(a, b) || bytes.Equal(a, c) {
-		t.Fatal("distinct fields give equal signing messages")
+	a := api.SigningMessage("ab", n, "c", h, nil, "")
+	b := api.SigningMessage("a", n, "bc", h, nil, "")
+	c := api.SigningMessage("ab", n, "c", h, make([]byte, 32), "")
+	d := api.SigningMessage("ab", n, "c", h, nil, "instance-1")
+	e := api.SigningMessage("ab", n, "c", h, []byte("instance-1"), "")
+	for i, x := range [][]byte{b, c, d, e} {
+		if bytes.Equal(a, x) {
+			t.Fatalf("message %d equals the first", i+1)
+		}
+	}
+	if bytes.Equal(d, e) {
+		t.Fatal("an instance id and a sealTo of the same bytes give equal signing messages")
+	}
+}
+
+// An instance-key binding can never equal a per-peer binding: it starts with
+// a domain no base58 peer ID starts with, and its fields are length-prefixed.
+func TestBindingForInstanceIsUnambiguous(t *testing.T) {
+	peer := "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+	seal := bytes.Repeat([]byte{'a'}, 32)
+	a := api.BindingFor(peer, nil, "")
+	b := api.BindingFor(peer, seal, "")
+	c := api.BindingFor(peer, nil, string(seal))
+	d := api.BindingFor(peer, seal, "0123456789abcdef")
+	if !bytes.Equal(b, append([]byte(peer), seal...)) || !bytes.Equal(a, []byte(peer)) {
+		t.Fatal("per-peer bindings changed form")
+	}
+	if bytes.Equal(b, c) || bytes.Equal(c, d) || !bytes.HasPrefix(c, []byte(api.InstanceBindingDomain+"\x00")) {
+		t.Fatalf("instance bindings are ambiguous: %q %q", c, d)
+	}
+}
+
+func TestCheckInstanceID(t *testing.T) {
+	for id, ok := range map[string]bool{
+		"3f2a6c1e-7b4d-4c2a-9e1f-0a1b2c3d4e5f": true,
+		"abcdefgh":                             true,
+		"short":                                false,
+		"-leading-dash":                        false,
+		"UPPER-CASE-ID":                        false,
+		"with/slash-inside":                    false,
+		string(bytes.Repeat([]byte{'a'}, 65)):  false,
+	} {
+		if err := api.CheckInstanceID(id); (err == nil) != ok {
+			t.Errorf("CheckInstanceID(%q) = %v, want ok %v", id, err, ok)
+		}
 	}
 }
 

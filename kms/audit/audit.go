@@ -44,14 +44,16 @@ const (
 
 // Event is what the KMS records about one decision.
 type Event struct {
-	Time      time.Time `json:"time"`
-	PeerID    string    `json:"peerId,omitempty"`
-	QuoteHash string    `json:"quoteHash,omitempty"`
-	MRTD      string    `json:"mrtd,omitempty"`
-	RTMR      []string  `json:"rtmr,omitempty"`
-	TcbStatus string    `json:"tcbStatus,omitempty"`
-	Mock      bool      `json:"mock,omitempty"`
-	Decision  string    `json:"decision"`
+	Time   time.Time `json:"time"`
+	PeerID string    `json:"peerId,omitempty"`
+	// InstanceID is set when an instance key was asked for.
+	InstanceID string   `json:"instanceId,omitempty"`
+	QuoteHash  string   `json:"quoteHash,omitempty"`
+	MRTD       string   `json:"mrtd,omitempty"`
+	RTMR       []string `json:"rtmr,omitempty"`
+	TcbStatus  string   `json:"tcbStatus,omitempty"`
+	Mock       bool     `json:"mock,omitempty"`
+	Decision   string   `json:"decision"`
 	// Reason is the API error code of a denial; empty for a grant.
 	Reason  string   `json:"reason,omitempty"`
 	Details []string `json:"details,omitempty"`

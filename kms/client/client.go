@@ -50,6 +50,9 @@ type Config struct {
 	// Seal asks for the key sealed with HPKE to an ephemeral X25519 key that
 	// the quote binds, so nothing between node and KMS sees it.
 	Seal bool
+	// InstanceID, if set, asks for the instance's key instead of the
+	// peer's (api.GetKeyRequest.InstanceID); the quote binds it.
+	InstanceID string
 	// KMSPublicKey pins the KMS's Ed25519 key (the one /attest binds): every
 	// /get-key answer must carry its signature. Nil: not checked until
 	// CheckKMS succeeds, which pins the key it verified.
@@ -84,6 +87,11 @@ func New(cfg Config) (*Client, error) {
 	}
 	if len(cfg.Identity) != ed25519.PrivateKeySize {
 		return nil, errors.New("kms client: an Ed25519 Identity is required")
+	}
+	if cfg.InstanceID != "" {
+		if err := api.CheckInstanceID(cfg.InstanceID); err != nil {
+			return nil, fmt.Errorf("kms client: %w", err)
+		}
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second}
@@ -293,7 +301,7 @@ func (c *Client) getKeyOnce(ctx context.Context) (*Key, error) {
 		}
 		sealTo = sealKey.PublicKey().Bytes()
 	}
-	raw, err := c.cfg.Source.GetQuote(ctx, api.ReportData(nonce, idText, sealTo))
+	raw, err := c.cfg.Source.GetQuote(ctx, api.ReportData(nonce, idText, sealTo, c.cfg.InstanceID))
 	if err != nil {
 		return nil, fmt.Errorf("getting quote from %s: %w", c.cfg.Source.Kind(), err)
 	}
@@ -301,13 +309,14 @@ func (c *Client) getKeyOnce(ctx context.Context) (*Key, error) {
 	if err != nil {
 		return nil, &permanentError{fmt.Errorf("parsing own quote: %w", err)}
 	}
-	sig := ed25519.Sign(c.cfg.Identity, api.SigningMessage(ch.ChallengeID, nonce, idText, q.Hash, sealTo))
+	sig := ed25519.Sign(c.cfg.Identity, api.SigningMessage(ch.ChallengeID, nonce, idText, q.Hash, sealTo, c.cfg.InstanceID))
 	req := api.GetKeyRequest{
 		ChallengeID:      ch.ChallengeID,
 		QuoteB64:         base64.StdEncoding.EncodeToString(raw),
 		PeerID:           idText,
 		PeerPublicKeyB64: base64.StdEncoding.EncodeToString(c.pubRaw),
 		SignatureB64:     base64.StdEncoding.EncodeToString(sig),
+		InstanceID:       c.cfg.InstanceID,
 	}
 	if sealTo != nil {
 		req.SealToB64 = base64.StdEncoding.EncodeToString(sealTo)
@@ -365,7 +374,7 @@ func (c *Client) checkResponse(challengeID, peerID string, resp *api.GetKeyRespo
 	}
 	defer clear(delivered)
 	sig, err := base64.StdEncoding.DecodeString(resp.SignatureB64)
-	if err != nil || !ed25519.Verify(*pin, api.ResponseMessage(challengeID, peerID, resp.Profile, resp.AuditSeq, delivered), sig) {
+	if err != nil || !ed25519.Verify(*pin, api.ResponseMessage(challengeID, peerID, resp.Profile, c.cfg.InstanceID, resp.AuditSeq, delivered), sig) {
 		return fmt.Errorf("get-key: %w: the answer is not signed by the pinned KMS key", ErrKMSNotTrusted)
 	}
 	return nil
@@ -444,6 +453,49 @@ func (c *Client) CheckKMS(ctx context.Context, v *attest.Verifier, pol *attest.P
 		return nil
 	})
 	return id, err
+}
+
+// Trust is how a node knows its KMS before it proves itself to it: the KMS's
+// own quote (/attest) judged by Policy, or its signing key pinned in
+// Config.KMSPublicKey, or both. The zero Trust checks nothing.
+type Trust struct {
+	// Policy judges the KMS's quote; nil: the quote is not asked for.
+	Policy *attest.Policy
+	// Verifier checks the KMS's quote; nil: attest.NewVerifier defaults
+	// (the Intel root, no collateral: only a mock-accepting or
+	// Unverified-accepting policy passes).
+	Verifier *attest.Verifier
+}
+
+// Fetch is the one path by which a node gets its key from the KMS, inside
+// the appliance (appliance.Boot) and outside it (`fleetbox node run --kms`):
+// check the KMS as trust says, then run GetKey. Each failed attempt is
+// logged once with its number, so a console shows a boot waiting for its
+// KMS; a refusal (4xx) or a KMS that fails its check ends it at once.
+func (c *Client) Fetch(ctx context.Context, trust Trust) (*Key, *KMSIdentity, error) {
+	var id *KMSIdentity
+	switch {
+	case trust.Policy != nil:
+		v := trust.Verifier
+		if v == nil {
+			v = attest.NewVerifier(attest.VerifierConfig{})
+		}
+		var err error
+		if id, err = c.CheckKMS(ctx, v, trust.Policy); err != nil {
+			return nil, nil, fmt.Errorf("checking the KMS at %s before trusting it: %w", c.base, err)
+		}
+		c.log.Info("KMS checked", "url", c.base, "tcbStatus", id.Verdict.TcbStatus, "mock", id.Verdict.Mock,
+			"key", base64.StdEncoding.EncodeToString(id.PublicKey))
+	case c.kmsKey.Load() != nil:
+		c.log.Info("KMS signing key pinned; its answers must carry that key's signature", "url", c.base)
+	default:
+		c.log.Warn("the KMS is not verified: no KMS policy and no pinned KMS key; anything that answers at the URL is trusted", "url", c.base)
+	}
+	key, err := c.GetKey(ctx)
+	if err != nil {
+		return nil, id, fmt.Errorf("getting the key from the KMS at %s: %w", c.base, err)
+	}
+	return key, id, nil
 }
 
 // Health fetches /health.
