@@ -91,6 +91,25 @@ func LoadFileConfig(home string) (FileConfig, error) {
 	return c, nil
 }
 
+// SaveFileConfig replaces home/config.json (mode 0600) atomically: the
+// appliance rewrites the operational settings of each boot into it.
+func SaveFileConfig(home string, fc FileConfig) error {
+	b, err := json.MarshalIndent(fc, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(home, ConfigFile)
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("writing config: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing config: %w", err)
+	}
+	return nil
+}
+
 // Config configures a Node.
 type Config struct {
 	// Home is the node's directory (identity, token, config, store).

@@ -14,11 +14,12 @@ import (
 )
 
 // Exit codes: 0 success, 1 a "no" verdict (refused quote, denied key),
-// 2 bad usage or unreadable input.
+// 2 bad usage or unreadable input, 3 a runtime failure.
 const (
-	exitOK    = 0
-	exitNo    = 1
-	exitUsage = 2
+	exitOK      = 0
+	exitNo      = 1
+	exitUsage   = 2
+	exitRuntime = 3
 )
 
 // env is what every verb gets: where to print and how to log.
@@ -39,6 +40,7 @@ func verbs() []verb {
 		{"kms", "the key service and its client (serve|get-key|audit)", runKMS},
 		{"node", "the node daemon (init|run|self-purge)", runNode},
 		{"ctl", "talk to a running node's admin API", runCtl},
+		{"appliance", "the boot sequence inside the image (boot)", runAppliance},
 		{"measure", "expected MRTD and RTMRs from image artifacts", runMeasure},
 		{"policy", "write admission and KMS policies", runPolicy},
 		{"version", "print the version", runVersion},

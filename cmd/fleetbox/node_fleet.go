@@ -6,33 +6,49 @@ import (
 	"flag"
 	"fmt"
 
+	"github.com/fleetbox/fleetbox/appliance"
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/kms/client"
 	"github.com/fleetbox/fleetbox/node"
 )
 
-// quoteFlags choose where a node's quotes come from: configfs-tsm (--tdx)
-// or a MOCK quote (--mock-tdx, with the measurements of mockFlags).
+// quoteFlags choose where a node's quotes come from: configfs-tsm (--tdx),
+// a MOCK quote (--mock-tdx, with the measurements of mockFlags), or what
+// this boot of the appliance chose (--attest-source appliance).
 type quoteFlags struct {
 	tdx, mock bool
+	from      string
 	m         mockFlags
 }
 
 func (q *quoteFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&q.tdx, "tdx", false, "get quotes from TDX hardware (configfs-tsm)")
 	fs.BoolVar(&q.mock, "mock-tdx", false, "use MOCK quotes (no hardware; only a policy with acceptMock admits them)")
+	fs.StringVar(&q.from, "attest-source", "", "tdx, mock, or appliance: the source `fleetbox appliance boot` chose for this boot ("+
+		appliance.DefaultRunDir+"/"+appliance.AttestationFile+"; MOCK carries the boot's replayed RTMR3)")
 	q.m.register(fs)
 }
 
-// source returns the chosen source, or nil when neither flag is set.
+// source returns the chosen source, or nil when no flag is set.
 func (q *quoteFlags) source() (attest.Source, error) {
+	n := 0
+	for _, set := range []bool{q.tdx, q.mock, q.from != ""} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return nil, errors.New("--tdx, --mock-tdx and --attest-source are exclusive")
+	}
 	switch {
-	case q.tdx && q.mock:
-		return nil, errors.New("--tdx and --mock-tdx are exclusive")
-	case q.tdx:
+	case q.tdx || q.from == "tdx":
 		return attest.NewTSMSource()
-	case q.mock:
+	case q.mock || q.from == "mock":
 		return q.m.source()
+	case q.from == "appliance":
+		return appliance.LoadAttestation(appliance.DefaultRunDir + "/" + appliance.AttestationFile)
+	case q.from != "":
+		return nil, fmt.Errorf("--attest-source %q: want tdx, mock or appliance", q.from)
 	}
 	return nil, nil
 }
