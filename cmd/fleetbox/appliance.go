@@ -34,7 +34,7 @@ func parseApplianceBoot(args []string, stderr io.Writer) (*applianceBootOpts, er
 	fs.StringVar(&o.runDir, "run-dir", appliance.DefaultRunDir, "tmpfs `dir` for the event log, the attestation file and the store key credential")
 	fs.StringVar(&o.stateDir, "state-dir", appliance.DefaultStateDir, "where the data volume is mounted")
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		return nil, flagErr(err)
 	}
 	if fs.NArg() != 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -51,11 +51,8 @@ func runAppliance(ctx context.Context, e *env, args []string) int {
 		return usageErr(e, "appliance: want boot\n\n%s", applianceUsage)
 	}
 	o, err := parseApplianceBoot(args[1:], e.stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return exitOK
-	}
-	if err != nil {
-		return usageErr(e, "appliance boot: %v", err)
+	if code, done := parseResult(e, "appliance boot", err); done {
+		return code
 	}
 	res, err := appliance.Boot(ctx, appliance.Config{
 		CredentialsDir: os.Getenv("CREDENTIALS_DIRECTORY"),

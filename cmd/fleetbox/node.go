@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -98,53 +99,95 @@ func nodeInit(e *env, args []string) int {
 	return exitOK
 }
 
-func nodeRun(ctx context.Context, e *env, args []string) int {
+// errFlags marks an error the flag package has already printed.
+var errFlags = errors.New("bad flags")
+
+func flagErr(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", errFlags, err)
+}
+
+// parseResult turns a parse error into an exit: help is 0, bad flags 2
+// (the flag package printed why), anything else 2 with the message.
+func parseResult(e *env, cmd string, err error) (int, bool) {
+	switch {
+	case err == nil:
+		return 0, false
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK, true
+	case errors.Is(err, errFlags):
+		return exitUsage, true
+	}
+	return usageErr(e, "%s: %v", cmd, err), true
+}
+
+// nodeRunOpts are the flags of `node run`.
+type nodeRunOpts struct {
+	home, adminAddr, keyFile string
+	listen, bootstrap        listFlag
+	heartbeat                time.Duration
+	devKey                   bool
+	ff                       fleetFlags
+}
+
+// parseNodeRun parses `node run` flags without side effects (the unit-file
+// test runs systemd's ExecStart lines through it).
+func parseNodeRun(args []string, stderr io.Writer) (*nodeRunOpts, error) {
 	fs := flag.NewFlagSet("node run", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	home := fs.String("home", "", "node home directory (from node init)")
-	var listen, bootstrap listFlag
-	fs.Var(&listen, "listen", "libp2p listen multiaddrs (overrides the config file)")
-	fs.Var(&bootstrap, "bootstrap", "peers to dial, multiaddrs ending in /p2p/<peer id> (added to the config file's)")
-	adminAddr := fs.String("admin-addr", "", "admin API address, loopback only (overrides the config file)")
-	heartbeat := fs.Duration("heartbeat", 0, "heads heartbeat interval (overrides the config file; default 30s)")
-	keyFile := fs.String("store-key-file", "", "file with the 32-byte store key (raw or 64 hex digits)")
-	devKey := fs.Bool("insecure-dev-key", false, "without a key file or credential, generate a store key in the home directory (INSECURE, development only)")
-	var ff fleetFlags
-	ff.register(fs)
+	fs.SetOutput(stderr)
+	o := &nodeRunOpts{}
+	fs.StringVar(&o.home, "home", "", "node home directory (from node init)")
+	fs.Var(&o.listen, "listen", "libp2p listen multiaddrs (overrides the config file)")
+	fs.Var(&o.bootstrap, "bootstrap", "peers to dial, multiaddrs ending in /p2p/<peer id> (added to the config file's)")
+	fs.StringVar(&o.adminAddr, "admin-addr", "", "admin API address, loopback only (overrides the config file)")
+	fs.DurationVar(&o.heartbeat, "heartbeat", 0, "heads heartbeat interval (overrides the config file; default 30s)")
+	fs.StringVar(&o.keyFile, "store-key-file", "", "file with the 32-byte store key (raw or 64 hex digits)")
+	fs.BoolVar(&o.devKey, "insecure-dev-key", false, "without a key file or credential, generate a store key in the home directory (INSECURE, development only)")
+	o.ff.register(fs)
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+		return nil, flagErr(err)
 	}
-	if *home == "" || fs.NArg() != 0 {
-		return usageErr(e, "node run: --home DIR is required and takes no arguments")
+	if o.home == "" || fs.NArg() != 0 {
+		return nil, errors.New("--home DIR is required and takes no arguments")
 	}
-	fc, err := node.LoadFileConfig(*home)
+	if err := o.ff.quotes.check(); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func nodeRun(ctx context.Context, e *env, args []string) int {
+	o, err := parseNodeRun(args, e.stderr)
+	if code, done := parseResult(e, "node run", err); done {
+		return code
+	}
+	fc, err := node.LoadFileConfig(o.home)
 	if err != nil {
-		return usageErr(e, "node run: %v (did you run `fleetbox node init --home %s`?)", err, *home)
+		return usageErr(e, "node run: %v (did you run `fleetbox node init --home %s`?)", err, o.home)
 	}
-	if len(listen) > 0 {
-		fc.ListenAddrs = listen
+	if len(o.listen) > 0 {
+		fc.ListenAddrs = o.listen
 	}
-	fc.Bootstrap = append(fc.Bootstrap, bootstrap...)
-	if *adminAddr != "" {
-		fc.AdminAddr = *adminAddr
+	fc.Bootstrap = append(fc.Bootstrap, o.bootstrap...)
+	if o.adminAddr != "" {
+		fc.AdminAddr = o.adminAddr
 	}
-	if *heartbeat > 0 {
-		fc.HeartbeatInterval = node.Duration(*heartbeat)
+	if o.heartbeat > 0 {
+		fc.HeartbeatInterval = node.Duration(o.heartbeat)
 	}
-	if *keyFile != "" {
-		fc.StoreKeyFile = *keyFile
+	if o.keyFile != "" {
+		fc.StoreKeyFile = o.keyFile
 	}
 	cfg := node.Config{
-		Home:           *home,
+		Home:           o.home,
 		FileConfig:     fc,
-		InsecureDevKey: *devKey,
+		InsecureDevKey: o.devKey,
 		Version:        version,
 		Logger:         e.logger,
 	}
-	if err := ff.apply(ctx, e, &cfg); err != nil {
+	if err := o.ff.apply(ctx, e, &cfg); err != nil {
 		return applyErr(e, "node run", err)
 	}
 	n, err := node.New(cfg)

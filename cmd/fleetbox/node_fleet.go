@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 
 	"github.com/fleetbox/fleetbox/appliance"
 	"github.com/fleetbox/fleetbox/attest"
@@ -29,8 +30,29 @@ func (q *quoteFlags) register(fs *flag.FlagSet) {
 	q.m.register(fs)
 }
 
+// check validates the choice without touching anything.
+func (q *quoteFlags) check() error {
+	n := 0
+	for _, set := range []bool{q.tdx, q.mock, q.from != ""} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return errors.New("--tdx, --mock-tdx and --attest-source are exclusive")
+	}
+	switch q.from {
+	case "", "tdx", "mock", "appliance":
+		return nil
+	}
+	return fmt.Errorf("--attest-source %q: want tdx, mock or appliance", q.from)
+}
+
 // source returns the chosen source, or nil when no flag is set.
 func (q *quoteFlags) source() (attest.Source, error) {
+	if err := q.check(); err != nil {
+		return nil, err
+	}
 	n := 0
 	for _, set := range []bool{q.tdx, q.mock, q.from != ""} {
 		if set {
@@ -155,33 +177,53 @@ func applyErr(e *env, cmd string, err error) int {
 	return usageErr(e, "%s: %v", cmd, err)
 }
 
+// selfPurgeOpts are the flags of `node self-purge reconcile`.
+type selfPurgeOpts struct {
+	home, keyFile string
+	devKey        bool
+	ff            fleetFlags
+}
+
+// parseSelfPurge parses `node self-purge reconcile` flags (args after
+// "reconcile") without side effects.
+func parseSelfPurge(args []string, stderr io.Writer) (*selfPurgeOpts, error) {
+	fs := flag.NewFlagSet("node self-purge reconcile", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := &selfPurgeOpts{}
+	fs.StringVar(&o.home, "home", "", "node home directory")
+	fs.StringVar(&o.keyFile, "store-key-file", "", "file with the 32-byte store key")
+	fs.BoolVar(&o.devKey, "insecure-dev-key", false, "use the development key in the home directory (INSECURE)")
+	o.ff.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, flagErr(err)
+	}
+	if o.home == "" || fs.NArg() != 0 {
+		return nil, errors.New("--home DIR is required")
+	}
+	if err := o.ff.quotes.check(); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
 // nodeSelfPurge runs `fleetbox node self-purge reconcile`.
 func nodeSelfPurge(ctx context.Context, e *env, args []string) int {
 	if len(args) == 0 || args[0] != "reconcile" {
 		return usageErr(e, "node self-purge: want reconcile\n\n  fleetbox node self-purge reconcile --home DIR [store key flags]")
 	}
-	fs := flag.NewFlagSet("node self-purge reconcile", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	home := fs.String("home", "", "node home directory")
-	keyFile := fs.String("store-key-file", "", "file with the 32-byte store key")
-	devKey := fs.Bool("insecure-dev-key", false, "use the development key in the home directory (INSECURE)")
-	var ff fleetFlags
-	ff.register(fs)
-	if err := fs.Parse(args[1:]); err != nil {
-		return exitUsage
+	o, err := parseSelfPurge(args[1:], e.stderr)
+	if code, done := parseResult(e, "node self-purge reconcile", err); done {
+		return code
 	}
-	if *home == "" || fs.NArg() != 0 {
-		return usageErr(e, "node self-purge reconcile: --home DIR is required")
-	}
-	fc, err := node.LoadFileConfig(*home)
+	fc, err := node.LoadFileConfig(o.home)
 	if err != nil {
 		return usageErr(e, "node self-purge reconcile: %v", err)
 	}
-	if *keyFile != "" {
-		fc.StoreKeyFile = *keyFile
+	if o.keyFile != "" {
+		fc.StoreKeyFile = o.keyFile
 	}
-	cfg := node.Config{Home: *home, FileConfig: fc, InsecureDevKey: *devKey, Version: version, Logger: e.logger}
-	if err := ff.apply(ctx, e, &cfg); err != nil {
+	cfg := node.Config{Home: o.home, FileConfig: fc, InsecureDevKey: o.devKey, Version: version, Logger: e.logger}
+	if err := o.ff.apply(ctx, e, &cfg); err != nil {
 		return applyErr(e, "node self-purge reconcile", err)
 	}
 	rep, err := node.Reconcile(ctx, cfg)
