@@ -32,6 +32,22 @@ bench:
 reproducible:
     bash reproducible/binary.sh
 
+# Build the appliance image (dev or prod; prod needs --kms-policy or --kms-key).
+image profile="dev" *args="":
+    bash image/build.sh {{profile}} {{args}}
+
+# Boot a built image in QEMU (serial console on this terminal; Ctrl-a x quits).
+qemu profile="dev" *args="":
+    bash image/qemu.sh {{profile}} {{args}}
+
+# The appliance end to end in QEMU: build dev, three boots against a KMS and an admin node.
+e2e:
+    bash image/e2e.sh
+
+# Install mkosi, QEMU, OVMF and the rest the image needs (Debian bookworm).
+image-deps:
+    bash image/install-deps.sh
+
 # Everything CI runs.
 ci:
     bash .ci/run

@@ -168,8 +168,12 @@ func (b *booter) boot(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("measuring the boot into RTMR3: %w", err)
 	}
 	res.RTMR3 = rtmr3.String()
+	how := "extended"
+	if x == nil {
+		how = "replayed into the MOCK quote"
+	}
 	for _, e := range events {
-		b.say("RTMR3 event %s (%d-byte payload) extended%s", e.Name, len(e.Payload), map[bool]string{true: "", false: " (replayed into the MOCK quote)"}[x != nil])
+		b.say("RTMR3 event %s (%d-byte payload) %s", e.Name, len(e.Payload), how)
 	}
 	b.say("RTMR3 %s…; event log %s", res.RTMR3[:16], filepath.Join(b.cfg.RunDir, EventLogFile))
 	if mock != nil {
@@ -250,6 +254,9 @@ func (b *booter) boot(ctx context.Context) (*Result, error) {
 	home, peer, err := b.prepareNode(s)
 	if err != nil {
 		return nil, err
+	}
+	if res.Source == "tdx" && b.cfg.NodeUser != "-" {
+		b.shareTSM()
 	}
 	res.NodeHome, res.NodePeer = home, peer
 	if err := b.handStoreKey(keys.store[:]); err != nil {
@@ -423,6 +430,29 @@ func (b *booter) prepareNode(s *Settings) (home, peer string, err error) {
 		}
 	}
 	return home, init.PeerID, nil
+}
+
+// TSMReportDir is configfs-tsm's report directory, where a quote is asked
+// for by making an entry (Documentation/ABI/testing/configfs-tsm-report).
+const TSMReportDir = "/sys/kernel/config/tsm/report"
+
+// shareTSM lets the node's group make report entries: the node takes a
+// quote for each fleet announce, as user fleetbox. configfs keeps the
+// owner and mode set on its directories.
+func (b *booter) shareTSM() {
+	path := filepath.Join(b.cfg.Root, TSMReportDir)
+	g, err := user.LookupGroup(b.cfg.NodeUser)
+	if err == nil {
+		gid, _ := strconv.Atoi(g.Gid)
+		if err = os.Chown(path, 0, gid); err == nil {
+			err = os.Chmod(path, 0o770)
+		}
+	}
+	if err != nil {
+		b.say("WARNING: the node cannot take quotes for fleet announces: giving %s to group %s: %v", path, b.cfg.NodeUser, err)
+		return
+	}
+	b.say("configfs-tsm reports (%s) open to group %s for the node's announces", path, b.cfg.NodeUser)
 }
 
 // handStoreKey writes the store key where fleetbox-node.service and
