@@ -464,3 +464,44 @@ func TestParseTPMLogReal(t *testing.T) {
 		t.Errorf("ParseCCEL on a PCR log: %v", err)
 	}
 }
+
+// TDXFromTPM keeps every event of a vTPM log but PCR 0's and the extra
+// separators: RTMR0 keeps PCR 7's, RTMR1 one where the TPM firmware's run
+// of PCR 2-6 separators was.
+func TestTDXFromTPM(t *testing.T) {
+	l, err := ParseTPMLog(readFile(t, "testdata/ovmf-vtpm-boot.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := TDXFromTPM(l.Events)
+	seps := map[int]int{}
+	var rest []Event
+	for _, e := range got {
+		if e.Type == EvSeparator {
+			seps[e.RTMR]++
+		} else {
+			rest = append(rest, e)
+		}
+	}
+	if seps[0] != 1 || seps[1] != 1 || seps[2] != 0 {
+		t.Fatalf("separators per RTMR after the conversion: %v", seps)
+	}
+	var want []Event
+	for _, e := range l.Events {
+		if e.Type != EvSeparator && e.PCR != 0 {
+			want = append(want, e)
+		}
+	}
+	if len(rest) != len(want) {
+		t.Fatalf("%d other events, want %d", len(rest), len(want))
+	}
+	for i := range want {
+		if rest[i].Seq != want[i].Seq {
+			t.Fatalf("event %d reordered", i)
+		}
+	}
+	// RTMR2 has no separator in either form, so its replay is unchanged.
+	if Replay(got)[2] != l.Replay()[2] || Replay(got)[1] == l.Replay()[1] {
+		t.Fatal("the conversion changed RTMR2 or left RTMR1 as the TPM log has it")
+	}
+}
