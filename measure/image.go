@@ -105,6 +105,10 @@ type ImageOptions struct {
 	// StubMeasuresCC and KernelMeasuresCC override the version detection
 	// (see uki.Input).
 	StubMeasuresCC, KernelMeasuresCC *bool
+	// Profile, if set, names the directory itself as that one profile
+	// (the layout image/build.sh writes: build/image/PROFILE/) and
+	// subdirectories are not searched.
+	Profile string
 }
 
 // Layout of an image directory, one profile per subdirectory (or the
@@ -155,13 +159,17 @@ func MeasureImage(dir string, opts *ImageOptions) (*Measurements, error) {
 
 	m := &Measurements{Version: MeasurementsVersion, FleetboxVersion: opts.FleetboxVersion, Profiles: map[string]*Profile{}}
 	dirs := map[string]string{"default": dir}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("reading image directory: %w", err)
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			dirs[e.Name()] = filepath.Join(dir, e.Name())
+	if opts.Profile != "" {
+		dirs = map[string]string{opts.Profile: dir}
+	} else {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, fmt.Errorf("reading image directory: %w", err)
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				dirs[e.Name()] = filepath.Join(dir, e.Name())
+			}
 		}
 	}
 	for name, d := range dirs {

@@ -521,6 +521,7 @@ func measureImage(e *env, args []string) int {
 	fs.SetOutput(e.stderr)
 	fw := fs.String("firmware", "/usr/share/ovmf/OVMF.fd", "TDVF/OVMF firmware the TD boots")
 	out := fs.String("out", "", "where to write measurements.json (default DIR/measurements.json; - for standard output)")
+	profile := fs.String("profile", "", "DIR itself is this one `profile` (build/image/PROFILE as image/build.sh writes it); default: one profile per subdirectory")
 	var rtmr0s, rtmr0Logs, rtmr0Quotes measureList
 	fs.Var(&rtmr0s, "rtmr0", "RTMR0 from a reference boot's quote (hex; repeatable)")
 	fs.Var(&rtmr0Quotes, "rtmr0-quote", "quote of a reference boot; its RTMR0 is recorded (repeatable)")
@@ -536,7 +537,7 @@ func measureImage(e *env, args []string) int {
 		return usageErr(e, "measure image: want one DIR")
 	}
 	opts := &measure.ImageOptions{Firmware: *fw, FleetboxVersion: version, RTMR0Logs: rtmr0Logs,
-		StubMeasuresCC: stub.v, KernelMeasuresCC: kern.v}
+		StubMeasuresCC: stub.v, KernelMeasuresCC: kern.v, Profile: *profile}
 	for _, s := range rtmr0s {
 		r, err := attest.ParseRTMR(s)
 		if err != nil {

@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf16"
@@ -373,7 +372,11 @@ func Predict(in *Input) (*Prediction, error) {
 	} else {
 		image(u.Authenticode, len(in.UKI), "UKI, loaded as the boot option: "+bsa)
 	}
-	if !verityPinned(cmdline) {
+	switch {
+	case verityPinned(cmdline):
+	case !mountsRoot(cmdline):
+		p.Notes = append(p.Notes, "no root= on the command line: the initrd, measured into RTMR2, is the root file system (the whole OS in the UKI)")
+	default:
 		p.Notes = append(p.Notes, "the command line pins no dm-verity root hash (roothash=/usrhash=): the root file system, with the fleetbox binary and its configuration, is not covered by any measurement")
 	}
 	if stubCC {
@@ -407,11 +410,11 @@ func Predict(in *Input) (*Prediction, error) {
 			add(9, eventlog.EvEventTag, sha512.Sum384(kopts), taggedEvent(tagLoadOptions, "LOADED_IMAGE::LoadOptions\x00"),
 				"Linux EFI stub efi_measure_tagged_event LoadOptions")
 		}
-		// The initrd systemd-stub hands over through LoadFile2 is the
-		// .initrd section (no credentials or system extensions here).
-		if i := slices.IndexFunc(secDigests, func(d sectionDigest) bool { return d.name == ".initrd" }); i >= 0 {
-			add(9, eventlog.EvEventTag, secDigests[i].data, taggedEvent(tagInitrd, "Linux initrd\x00"),
-				"Linux EFI stub efi_measure_tagged_event initrd (LoadFile2 from systemd-stub)")
+		// The initrd systemd-stub hands over through LoadFile2: the
+		// .initrd section and what the stub adds to it (initrd.go).
+		if d, ok := kernelInitrdDigest(u); ok {
+			add(9, eventlog.EvEventTag, d, taggedEvent(tagInitrd, "Linux initrd\x00"),
+				"Linux EFI stub efi_measure_tagged_event initrd (LoadFile2 from systemd-stub: .initrd, then the .osrel cpio from 257 on; systemd src/boot/efi/stub.c)")
 		}
 	} else {
 		p.Notes = append(p.Notes, fmt.Sprintf("kernel %q does not measure into RTMRs (EFI CC measurement in libstub needs 6.9+): nothing from the kernel in RTMR2", u.KernelVersion))
@@ -427,6 +430,17 @@ func Predict(in *Input) (*Prediction, error) {
 // verityPinned reports whether a kernel command line pins a dm-verity root
 // hash (systemd-veritysetup-generator's roothash= or usrhash=, as mkosi's
 // Verity= writes it), which extends the measurement to the root file system.
+// mountsRoot reports whether the command line names a root or /usr file
+// system to mount after the initrd (root=, mount.usr=).
+func mountsRoot(cmdline string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if strings.HasPrefix(f, "root=") || strings.HasPrefix(f, "mount.usr=") || strings.HasPrefix(f, "usr=") {
+			return true
+		}
+	}
+	return false
+}
+
 func verityPinned(cmdline string) bool {
 	for _, f := range strings.Fields(cmdline) {
 		if strings.HasPrefix(f, "roothash=") || strings.HasPrefix(f, "usrhash=") {
