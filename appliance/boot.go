@@ -147,6 +147,9 @@ func (b *booter) boot(ctx context.Context) (*Result, error) {
 	}
 	b.reportSettings(s)
 	res := &Result{Profile: s.Profile.Value}
+	if err := os.MkdirAll(b.cfg.RunDir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", b.cfg.RunDir, err)
+	}
 
 	src, mock, err := b.quoteSource(ctx, s)
 	if err != nil {
@@ -156,9 +159,6 @@ func (b *booter) boot(ctx context.Context) (*Result, error) {
 
 	// RTMR3 before anything is asked of anyone: a quote taken from here on
 	// shows the profile and configuration this boot runs with.
-	if err := os.MkdirAll(b.cfg.RunDir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", b.cfg.RunDir, err)
-	}
 	x, err := b.extender(src, s)
 	if err != nil {
 		return nil, err
@@ -301,7 +301,7 @@ func listOrNone(l []string) string {
 // quoteSource picks configfs-tsm, or mock where the profile allows it.
 func (b *booter) quoteSource(ctx context.Context, s *Settings) (attest.Source, *attest.MockQuote, error) {
 	src := b.cfg.Quotes
-	var detectErr error
+	var detectErr, err error
 	if src == nil {
 		src, detectErr = detectTDX(ctx)
 	}
@@ -316,8 +316,12 @@ func (b *booter) quoteSource(ctx context.Context, s *Settings) (attest.Source, *
 		return nil, nil, stop("no TDX (%v): the %s profile does not boot without TDX (mock quotes %s by %s)",
 			detectErr, s.Profile.Value, map[bool]string{true: "allowed", false: "refused"}[s.AllowMock.Value], s.AllowMock.From)
 	}
-	q, err := s.Image.Mock.quote()
-	if err != nil {
+	var q attest.MockQuote
+	if s.Image.Mock.Replay {
+		if err := b.replayMock(&q); err != nil {
+			return nil, nil, stop("%w", err)
+		}
+	} else if q, err = s.Image.Mock.quote(); err != nil {
 		return nil, nil, stop("mock: %w", err)
 	}
 	if detectErr != nil {

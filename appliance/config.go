@@ -48,13 +48,21 @@ type ImageConfig struct {
 	Node NodeConfig `json:"node"`
 }
 
-// MockConfig holds the registers a dev mock quote carries (hex). RTMR3 is
-// never configured: it is replayed from the events the appliance extended.
+// MockConfig says what a dev mock quote carries besides RTMR3, which is
+// always replayed from the events the appliance extended. Either Replay, or
+// the four fixed registers (hex).
 type MockConfig struct {
-	MRTD  string `json:"mrtd"`
-	RTMR0 string `json:"rtmr0"`
-	RTMR1 string `json:"rtmr1"`
-	RTMR2 string `json:"rtmr2"`
+	// Replay: the registers a real TD booting this image would show, as far
+	// as a non-TDX VM can tell them: MRTD from the fw_cfg entry
+	// opt/fleetbox/mock-mrtd (image/qemu.sh computes it from the firmware
+	// it gives QEMU), RTMR0-2 replayed from the firmware's own event log of
+	// this boot (a vTPM's, with its separators as TDX firmware logs them;
+	// eventlog.TDXFromTPM).
+	Replay bool   `json:"replay,omitempty"`
+	MRTD   string `json:"mrtd,omitempty"`
+	RTMR0  string `json:"rtmr0,omitempty"`
+	RTMR1  string `json:"rtmr1,omitempty"`
+	RTMR2  string `json:"rtmr2,omitempty"`
 }
 
 // KMSConfig is the KMS part of ImageConfig. Policy and PublicKey are its
@@ -116,7 +124,11 @@ func (c *ImageConfig) check() error {
 		return errors.New("allowMock needs mock (the registers a mock quote carries)")
 	}
 	if c.Mock != nil {
-		if _, err := c.Mock.quote(); err != nil {
+		if c.Mock.Replay {
+			if c.Mock.MRTD != "" || c.Mock.RTMR0 != "" || c.Mock.RTMR1 != "" || c.Mock.RTMR2 != "" {
+				return errors.New("mock: replay and fixed registers are exclusive")
+			}
+		} else if _, err := c.Mock.quote(); err != nil {
 			return err
 		}
 	}
@@ -266,7 +278,7 @@ func fieldNames(v any) schema {
 	case *ImageConfig:
 		return schema{
 			"profile": nil, "allowMock": nil, "dataDevice": nil,
-			"mock": {"mrtd": nil, "rtmr0": nil, "rtmr1": nil, "rtmr2": nil},
+			"mock": {"replay": nil, "mrtd": nil, "rtmr0": nil, "rtmr1": nil, "rtmr2": nil},
 			"kms":  {"url": nil, "policy": nil, "publicKey": nil, "pccsUrl": nil, "waitSeconds": nil},
 			"node": {"listenAddrs": nil, "bootstrap": nil, "fleetJoin": nil},
 		}
@@ -322,18 +334,20 @@ func ParseOperational(data []byte) (*Operational, error) {
 }
 
 // readLimited reads a file of at most MaxConfigSize bytes.
-func readLimited(path string) ([]byte, error) {
+func readLimited(path string) ([]byte, error) { return readFileMax(path, MaxConfigSize) }
+
+func readFileMax(path string, limit int) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxConfigSize+1))
+	b, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > MaxConfigSize {
-		return nil, fmt.Errorf("%s exceeds %d bytes", path, MaxConfigSize)
+	if len(b) > limit {
+		return nil, fmt.Errorf("%s exceeds %d bytes", path, limit)
 	}
 	return b, nil
 }

@@ -6,6 +6,13 @@
 #                     [--node-port 14501] [--serial-log FILE] [--serial-socket SOCKET]
 #                     [--qmp SOCKET] [--image DIR]
 #
+# The firmware is Debian's OVMF.fd (the build with TDVF metadata, so its MRTD
+# can be computed) with a vTPM (swtpm, SHA-384 bank): the firmware's event
+# log of the boot is what a dev image's MOCK quote replays its RTMR0-2
+# from, and the host's `fleetbox measure mrtd` of that firmware goes in
+# through fw_cfg opt/fleetbox/mock-mrtd, so the mock quote carries the
+# registers a TD booting this image would show.
+#
 # The OS disk (build/image/PROFILE/fleetbox.raw) is attached read-only as a
 # snapshot, so the image is never modified; the data disk (default
 # build/qemu/PROFILE/data.raw, created sparse and blank) keeps the encrypted
@@ -56,14 +63,27 @@ done
 
 disk=$image/fleetbox.raw
 [ -f "$disk" ] || { echo "image/qemu.sh: $disk is missing: run image/build.sh $profile first" >&2; exit 2; }
-command -v qemu-system-x86_64 >/dev/null || { echo "image/qemu.sh: qemu-system-x86_64 is missing (apt-get install qemu-system-x86 ovmf)" >&2; exit 2; }
-code=/usr/share/OVMF/OVMF_CODE_4M.fd
-vars_tmpl=/usr/share/OVMF/OVMF_VARS_4M.fd
-[ -f "$code" ] || { echo "image/qemu.sh: $code is missing (apt-get install ovmf)" >&2; exit 2; }
+for tool in qemu-system-x86_64 swtpm swtpm_setup; do
+	command -v $tool >/dev/null || { echo "image/qemu.sh: $tool is missing (bash image/install-deps.sh)" >&2; exit 2; }
+done
+firmware=${FLEETBOX_QEMU_FIRMWARE:-/usr/share/ovmf/OVMF.fd}
+[ -f "$firmware" ] || { echo "image/qemu.sh: $firmware is missing (apt-get install ovmf)" >&2; exit 2; }
 
 run=$(dirname "$data")/run.$node_port
 mkdir -p "$run"
-cp "$vars_tmpl" "$run/vars.fd"
+cp "$firmware" "$run/firmware.fd"
+
+# The MRTD a TD would show for this firmware (QEMU 9+ page order), from the
+# fleetbox binary the image holds.
+mrtd=$("$image/fleetbox.bin" measure mrtd --firmware "$firmware" --order single-pass 2>/dev/null | awk '$1 == "mrtd" {print $2}')
+[ -n "$mrtd" ] || { echo "image/qemu.sh: could not compute the MRTD of $firmware" >&2; exit 2; }
+
+# A fresh vTPM for this boot with a SHA-384 bank; it ends with QEMU.
+rm -rf "$run/tpm" "$run/swtpm.sock"
+mkdir -p "$run/tpm"
+swtpm_setup --tpm2 --tpm-state "$run/tpm" --pcr-banks sha256,sha384 --overwrite >/dev/null
+swtpm socket --tpm2 --tpmstate "dir=$run/tpm" --ctrl "type=unixio,path=$run/swtpm.sock" --terminate &
+for _ in $(seq 50); do [ -S "$run/swtpm.sock" ] && break; sleep 0.1; done
 mkdir -p "$(dirname "$data")"
 [ -f "$data" ] || truncate -s "$data_size" "$data"
 
@@ -89,7 +109,7 @@ kvm_works() {
 	local out
 	out=$( (printf '{"execute":"qmp_capabilities"}\n{"execute":"cont"}\n'; sleep 2; printf '{"execute":"quit"}\n') |
 		timeout 20 qemu-system-x86_64 -machine q35,accel=kvm -cpu host -display none -nodefaults -no-reboot \
-			-S -qmp stdio -bios /usr/share/OVMF/OVMF.fd 2>&1) || return 1
+			-S -qmp stdio -bios "$firmware" 2>&1) || return 1
 	! grep -qiE 'error|assert' <<<"$out"
 }
 accel=${FLEETBOX_QEMU_ACCEL:-}
@@ -103,8 +123,9 @@ cpu=max
 args=(
 	-machine "q35,accel=$accel" -cpu "$cpu" -smp 2 -m "$mem"
 	-no-reboot -nodefaults -display none
-	-drive "if=pflash,format=raw,readonly=on,file=$code"
-	-drive "if=pflash,format=raw,file=$run/vars.fd"
+	-drive "if=pflash,format=raw,file=$run/firmware.fd"
+	-chardev "socket,id=chrtpm,path=$run/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0
+	-fw_cfg "name=opt/fleetbox/mock-mrtd,string=$mrtd"
 	-drive "if=none,id=os,format=raw,file=$disk,snapshot=on"
 	-device "virtio-blk-pci,drive=os,bootindex=0"
 	-drive "if=none,id=data,format=raw,file=$data"
@@ -122,5 +143,5 @@ elif [ -n "$serial_log" ]; then
 else
 	args+=(-serial mon:stdio)
 fi
-echo "image/qemu.sh: booting $disk ($profile, $accel), data disk $data, node port 127.0.0.1:$node_port" >&2
+echo "image/qemu.sh: booting $disk ($profile, $accel), data disk $data, node port 127.0.0.1:$node_port, mrtd ${mrtd:0:16}…" >&2
 exec qemu-system-x86_64 "${args[@]}"
