@@ -19,6 +19,7 @@ import (
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/kms/api"
 	"github.com/fleetbox/fleetbox/kms/audit"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 )
 
 // apiError is a refusal with a stable code.
@@ -262,14 +263,23 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return nil, ev, refuse(api.CodeReportDataMismatch, "quote report_data is not "+want)
 	}
 
+	var elog *eventlog.Log
+	if req.EventLog != nil {
+		if elog, aerr = checkEventLog(req.EventLog, q); aerr != nil {
+			return nil, ev, aerr
+		}
+	}
+
 	if err := pol.Evaluate(verdict); err != nil {
 		var details []string
-		for _, v := range attest.Violations(err) {
+		vs := attest.Violations(err)
+		for _, v := range vs {
 			details = append(details, v.Message)
 		}
 		if len(details) == 0 {
 			details = []string{err.Error()}
 		}
+		details = append(details, s.eventDiff(elog, vs)...)
 		return nil, ev, refuse(api.CodePolicyRejected, details...)
 	}
 

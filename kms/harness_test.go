@@ -23,6 +23,7 @@ import (
 	"github.com/fleetbox/fleetbox/attest/attesttest"
 	"github.com/fleetbox/fleetbox/kms"
 	"github.com/fleetbox/fleetbox/kms/api"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 )
 
 func TestMain(m *testing.M) {
@@ -83,6 +84,7 @@ type harnessOpts struct {
 	collateralSource attest.CollateralSource
 	kmsSource        attest.Source
 	policy           []byte
+	expectedEvents   []eventlog.Event
 }
 
 // harness is a KMS behind httptest with a test CA.
@@ -161,6 +163,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		Source:               o.kmsSource,
 		MaxPendingChallenges: o.maxPending,
 		Now:                  h.clock.Now,
+		ExpectedEvents:       o.expectedEvents,
 	})
 	if err != nil {
 		t.Fatal(err)

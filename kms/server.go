@@ -25,6 +25,7 @@ import (
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/kms/audit"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 )
 
 // Defaults.
@@ -76,6 +77,11 @@ type Config struct {
 	// Registry receives the metrics. Nil: a fresh registry.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
+	// ExpectedEvents, if set, are the events a boot of the admitted image
+	// extends (measurements.json: the profile's predicted RTMR1-3 events).
+	// When the policy refuses a quote that came with an event log, the
+	// refusal and its audit record name the events that differ.
+	ExpectedEvents []eventlog.Event
 }
 
 // Server is the KMS. Create it with NewServer, serve it with Run (or mount

@@ -24,11 +24,14 @@ import (
 	"github.com/fleetbox/fleetbox/kms"
 	"github.com/fleetbox/fleetbox/kms/audit"
 	"github.com/fleetbox/fleetbox/kms/client"
+	"github.com/fleetbox/fleetbox/measure"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 )
 
 const kmsUsage = `usage:
   fleetbox kms serve --listen ADDR --policy FILE --state DIR [--root-secret file|dstack] [--profile NAME]
                      [--collateral FILE | --collateral-cache DIR [--pccs-url URL]] [--attest-source auto|tdx|dstack|mock]
+                     [--expected-events measurements.json [--expected-profile NAME]]
   fleetbox kms get-key --url URL --identity FILE [--seal] [--instance ID] [--mock-tdx [--mock-mrtd HEX] [--mock-rtmrN HEX]] [--out FILE]
   fleetbox kms audit verify (--url URL [--pubkey BASE64] | --state DIR)
   fleetbox kms load --url URL [--clients N] [--duration D] [--seal] [--mock-mrtd HEX] [--mock-rtmrN HEX]`
@@ -71,6 +74,8 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 	ttl := fs.Duration("challenge-ttl", kms.DefaultChallengeTTL, "challenge lifetime")
 	maxPending := fs.Int("max-challenges", kms.DefaultMaxPendingChallenges, "cap on pending challenges")
 	addrFile := fs.String("addr-file", "", "write the bound address to this `file` once listening (for scripts with --listen :0)")
+	expected := fs.String("expected-events", "", "measurements.json of the admitted image: a refusal of a quote sent with its event log names the events that differ")
+	expectedProfile := fs.String("expected-profile", "", "the image `profile` in --expected-events (needed when it has several)")
 	var cf collateralFlags
 	cf.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -132,7 +137,14 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		return usageErr(e, "kms serve: --attest-source %q: want auto, tdx, dstack or mock", *attestSource)
 	}
 
+	var expectedEvents []eventlog.Event
+	if *expected != "" {
+		if expectedEvents, err = loadExpectedEvents(*expected, *expectedProfile); err != nil {
+			return usageErr(e, "kms serve: --expected-events: %v", err)
+		}
+	}
 	srv, err := kms.NewServer(kms.Config{
+		ExpectedEvents:       expectedEvents,
 		StateDir:             *state,
 		RootSecret:           secret,
 		Verifier:             attest.NewVerifier(attest.VerifierConfig{Collateral: kms.CollateralSource(coll), SkipRevocation: *noRevocation, Logger: e.logger}),
@@ -180,6 +192,38 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		return exitNo
 	}
 	return exitOK
+}
+
+// loadExpectedEvents reads one profile's predicted events from
+// measurements.json.
+func loadExpectedEvents(path, profile string) ([]eventlog.Event, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	m, err := measure.ParseMeasurements(b)
+	if err != nil {
+		return nil, err
+	}
+	if profile == "" {
+		names := m.ProfileNames()
+		if len(names) != 1 {
+			return nil, fmt.Errorf("%s has profiles %v: name one with --expected-profile", path, names)
+		}
+		profile = names[0]
+	}
+	p := m.Profiles[profile]
+	if p == nil {
+		return nil, fmt.Errorf("%s has no profile %q", path, profile)
+	}
+	if len(p.Events) == 0 {
+		return nil, fmt.Errorf("%s records no events for profile %q", path, profile)
+	}
+	l, err := eventlog.ParseJSON(p.Events)
+	if err != nil {
+		return nil, fmt.Errorf("%s: events of %s: %w", path, profile, err)
+	}
+	return l.Events, nil
 }
 
 func kmsGetKey(ctx context.Context, e *env, args []string) int {

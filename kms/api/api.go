@@ -38,11 +38,16 @@ const (
 const (
 	MaxChallengeBody = 1 << 10
 	MaxAttestBody    = 1 << 10
-	MaxGetKeyBody    = 96 << 10
+	// MaxGetKeyBody fits a quote and an event log (eventlog.MaxLogSize,
+	// 64 KiB) in base64.
+	MaxGetKeyBody = 192 << 10
 	// MaxResponseBody bounds what the client reads from any KMS response
 	// (an /attest response carries a quote; an /audit page many entries).
 	MaxResponseBody = 4 << 20
 )
+
+// MaxEventLog bounds an event log sent with a quote (eventlog.MaxLogSize).
+const MaxEventLog = 64 << 10
 
 // KeySize is the length of a storage key.
 const KeySize = 32
@@ -57,6 +62,7 @@ const (
 	CodeInvalidSignature      = "invalid_signature"
 	CodeAttestationInvalid    = "attestation_invalid"
 	CodeReportDataMismatch    = "report_data_mismatch"
+	CodeEventLogMismatch      = "eventlog_mismatch"
 	CodePolicyRejected        = "measurement_policy_rejected"
 	CodePolicyNotReady        = "policy_not_ready"
 	CodeTooManyChallenges     = "too_many_challenges"
@@ -73,7 +79,7 @@ func Status(code string) int {
 		return 400
 	case CodeInvalidChallenge, CodeInvalidSignature:
 		return 401
-	case CodeAttestationInvalid, CodeReportDataMismatch, CodePolicyRejected:
+	case CodeAttestationInvalid, CodeReportDataMismatch, CodePolicyRejected, CodeEventLogMismatch:
 		return 403
 	case CodeNotFound:
 		return 404
@@ -118,6 +124,11 @@ type GetKeyRequest struct {
 	// per-instance key is stable across boots while no private key of the
 	// instance ever rests on disk (appliance/README.md, instance identity).
 	InstanceID string `json:"instanceId,omitempty"`
+	// EventLogB64, if set, is the TD's event log (binary CCEL or the JSON
+	// form of measure/eventlog) for the quote. It is not trusted: the KMS
+	// requires it to replay to the quote's RTMRs, then uses it to say, when
+	// the policy refuses a register, which event changed.
+	EventLogB64 string `json:"eventLogB64,omitempty"`
 }
 
 // GetKeyResponse answers POST /get-key: Key (hex) without sealing,
@@ -218,6 +229,8 @@ type GetKey struct {
 	SealTo []byte
 	// InstanceID is empty for a per-peer key.
 	InstanceID string
+	// EventLog is nil when none was sent.
+	EventLog []byte
 }
 
 // DecodeGetKeyRequest decodes a /get-key body and checks its shape: every
@@ -260,6 +273,11 @@ func DecodeGetKeyRequest(data []byte) (*GetKey, error) {
 			return nil, err
 		}
 		g.InstanceID = r.InstanceID
+	}
+	if r.EventLogB64 != "" {
+		if g.EventLog, err = b64(r.EventLogB64, "eventLogB64", 1, MaxEventLog); err != nil {
+			return nil, err
+		}
 	}
 	return g, nil
 }

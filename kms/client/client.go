@@ -53,6 +53,9 @@ type Config struct {
 	// InstanceID, if set, asks for the instance's key instead of the
 	// peer's (api.GetKeyRequest.InstanceID); the quote binds it.
 	InstanceID string
+	// EventLog, if set, travels with every quote (api.GetKeyRequest.
+	// EventLogB64), so a refusal can name the event that changed.
+	EventLog []byte
 	// KMSPublicKey pins the KMS's Ed25519 key (the one /attest binds): every
 	// /get-key answer must carry its signature. Nil: not checked until
 	// CheckKMS succeeds, which pins the key it verified.
@@ -317,6 +320,9 @@ func (c *Client) getKeyOnce(ctx context.Context) (*Key, error) {
 		PeerPublicKeyB64: base64.StdEncoding.EncodeToString(c.pubRaw),
 		SignatureB64:     base64.StdEncoding.EncodeToString(sig),
 		InstanceID:       c.cfg.InstanceID,
+	}
+	if c.cfg.EventLog != nil {
+		req.EventLogB64 = base64.StdEncoding.EncodeToString(c.cfg.EventLog)
 	}
 	if sealTo != nil {
 		req.SealToB64 = base64.StdEncoding.EncodeToString(sealTo)
