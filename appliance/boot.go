@@ -20,6 +20,8 @@ import (
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/kms/client"
+	"github.com/fleetbox/fleetbox/measure"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 	"github.com/fleetbox/fleetbox/node"
 )
 
@@ -101,6 +103,10 @@ type booter struct {
 	cfg Config
 	out io.Writer
 	log *slog.Logger
+	// src is the quote source's kind; fwEvents the firmware's events a
+	// mock boot replayed (nil otherwise).
+	src      string
+	fwEvents []eventlog.Event
 }
 
 func (b *booter) say(format string, a ...any) {
@@ -156,6 +162,7 @@ func (b *booter) boot(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	res.Source = src.Kind()
+	b.src = res.Source
 
 	// RTMR3 before anything is asked of anyone: a quote taken from here on
 	// shows the profile and configuration this boot runs with.
@@ -175,7 +182,7 @@ func (b *booter) boot(ctx context.Context) (*Result, error) {
 	for _, e := range events {
 		b.say("RTMR3 event %s (%d-byte payload) %s", e.Name, len(e.Payload), how)
 	}
-	b.say("RTMR3 %s…; event log %s", res.RTMR3[:16], filepath.Join(b.cfg.RunDir, EventLogFile))
+	b.say("RTMR3 %s…; event log %s", res.RTMR3[:16], filepath.Join(b.cfg.RunDir, RTMR3LogFile))
 	if mock != nil {
 		mock.RTMR[3] = rtmr3
 		src = &attest.MockSource{Quote: *mock}
@@ -213,7 +220,7 @@ func (b *booter) boot(ctx context.Context) (*Result, error) {
 	}
 	res.InstanceID = instance
 
-	key, seq, err := b.fetchKey(ctx, s, src, instance)
+	key, seq, err := b.fetchKey(ctx, s, src, instance, b.fullEventLog(measure.RuntimeLogEvents(events)))
 	if err != nil {
 		return nil, err
 	}
@@ -355,7 +362,7 @@ func (b *booter) extender(src attest.Source, s *Settings) (Extender, error) {
 
 // fetchKey gets the instance's key from the KMS with a fresh boot identity,
 // checking the KMS first (policy and/or pinned key).
-func (b *booter) fetchKey(ctx context.Context, s *Settings, src attest.Source, instance string) ([]byte, uint64, error) {
+func (b *booter) fetchKey(ctx context.Context, s *Settings, src attest.Source, instance string, eventLog []byte) ([]byte, uint64, error) {
 	_, bootKey, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, 0, err
@@ -369,7 +376,7 @@ func (b *booter) fetchKey(ctx context.Context, s *Settings, src attest.Source, i
 	defer cancel()
 	lg := slog.New(&consoleHandler{b: b})
 	c, err := client.New(client.Config{
-		URL: s.KMSURL.Value, Identity: bootKey, Source: src, Seal: true, InstanceID: instance,
+		URL: s.KMSURL.Value, Identity: bootKey, Source: src, Seal: true, InstanceID: instance, EventLog: eventLog,
 		KMSPublicKey: s.KMSKey.Value, HTTPClient: b.cfg.HTTPClient,
 		MaxAttempts: 1 << 30, InitialBackoff: b.cfg.KMSBackoff, MaxBackoff: 30 * time.Second,
 		Logger: lg,

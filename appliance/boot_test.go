@@ -250,7 +250,7 @@ func TestBootFirstThenSameInstance(t *testing.T) {
 		t.Fatalf("the node's mock quote does not carry the boot's registers: %v", err)
 	}
 	// The RTMR3 log replays to the value the quote carries.
-	logb, _ := os.ReadFile(filepath.Join(r.run, EventLogFile))
+	logb, _ := os.ReadFile(filepath.Join(r.run, RTMR3LogFile))
 	if !bytes.Contains(logb, []byte(measure.EventConfig)) {
 		t.Fatalf("event log: %s", logb)
 	}

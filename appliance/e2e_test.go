@@ -32,10 +32,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetbox/fleetbox/appliance"
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/kms"
 	"github.com/fleetbox/fleetbox/measure"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 	"github.com/fleetbox/fleetbox/node"
 )
 
@@ -97,34 +97,19 @@ func TestApplianceQEMU(t *testing.T) {
 	e.last = e.start
 	e.data = filepath.Join(e.dir, "data.raw")
 
-	// What the dev image's mock quotes carry: its configured MRTD and RTMR0-2,
-	// and RTMR3 replayed from its boot events, exactly as `fleetbox measure
-	// rtmr3` predicts.
-	conf, err := os.ReadFile(filepath.Join(image, "fleetbox.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := appliance.ParseImageConfig(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, _ := measure.BootEvents(img.Profile, measure.ConfigHash(conf))
-	rtmr3 := measure.ReplayRTMR3(events)
-	good := &attest.Policy{
-		AllowedMrtd:  []string{img.Mock.MRTD},
-		AllowedRtmr0: []string{img.Mock.RTMR0},
-		AllowedRtmr1: []string{img.Mock.RTMR1},
-		AllowedRtmr2: []string{img.Mock.RTMR2},
-		AllowedRtmr3: []string{rtmr3.String()},
-		AcceptMock:   true,
-	}
-	e.step("policy pins the dev image: mrtd %s… rtmr3 %s… (acceptMock: dev image, MOCK TDX)", img.Mock.MRTD[:12], rtmr3.String()[:12])
+	// Pin exactly what a TD booting this image shows: measurements.json
+	// from `fleetbox measure image` (image/measure.sh), policies from
+	// `fleetbox policy from-measurements`. RTMR0 depends on the VMM and is
+	// waived; the dev image's quotes are MOCK (accepted, and marked).
+	good, expected := e.policyFromMeasurements(image, "good")
+	e.step("policy from %s/measurements.json: mrtd %s… rtmr1 %s… rtmr2 %s… rtmr3 %s… (rtmr0 waived, acceptMock: MOCK TDX)",
+		image, good.AllowedMrtd[0][:12], good.AllowedRtmr1[0][:12], good.AllowedRtmr2[0][:12], good.AllowedRtmr3[0][:12])
 
-	e.startKMS(good)
+	e.startKMS(good, expected)
 	e.startAdmin(good)
 
 	// Boot 1: first boot of a new instance.
-	vm := e.boot("boot 1 (first boot)")
+	vm := e.boot("boot 1 (first boot)", image, e.data)
 	vm.waitFor(`key released by the KMS`, 4*time.Minute)
 	e.step("boot 1: key fetched from the KMS")
 	instance := vm.match(`first boot of a new instance ([0-9a-f-]{36})`, 1)
@@ -157,7 +142,7 @@ func TestApplianceQEMU(t *testing.T) {
 	e.step("boot 1: powered off")
 
 	// Boot 2: the same volume opens with the same key; reconcile runs.
-	vm = e.boot("boot 2 (same instance)")
+	vm = e.boot("boot 2 (same instance)", image, e.data)
 	vm.waitFor(`data volume /dev/vdb: instance `+instance+` \(sealed\)`, 4*time.Minute)
 	vm.waitFor(`data volume opened with the instance's key`, 2*time.Minute)
 	e.step("boot 2: the volume opened with the same instance's key (instance %s)", instance)
@@ -181,9 +166,9 @@ func TestApplianceQEMU(t *testing.T) {
 	// node, the volume untouched.
 	bad := *good
 	bad.AllowedRtmr2 = []string{strings.Repeat("5e", 48)}
-	e.setKMSPolicy(&bad)
+	e.setKMSPolicy(&bad, "pins another RTMR2 (the image no longer matches)")
 	before := fileSHA256(t, e.data)
-	vm = e.boot("boot 3 (KMS refuses)")
+	vm = e.boot("boot 3 (KMS refuses)", image, e.data)
 	line := vm.waitFor(`BOOT STOPPED: the KMS refused the key: measurement_policy_rejected: .*`, 4*time.Minute)
 	e.step("boot 3: %s", strings.TrimSpace(line[strings.Index(line, "BOOT STOPPED"):]))
 	if !strings.Contains(line, "rtmr2") || !strings.Contains(line, "not in allowedRtmr2") {
@@ -209,12 +194,54 @@ func TestApplianceQEMU(t *testing.T) {
 	e.checkRawDisk(identity)
 	e.step("raw data disk: no namespace id (raw or hex), no node identity key (PEM, DER or seed)")
 	e.checkAudit(instance)
+
+	if changed := os.Getenv("FLEETBOX_E2E_CHANGED_IMAGE"); changed != "" {
+		e.pinning(filepath.Join(repo, changed), good)
+	} else {
+		e.step("pinning with a changed image skipped: FLEETBOX_E2E_CHANGED_IMAGE is not set (image/e2e.sh sets it)")
+	}
 	for _, f := range e.figures {
 		fmt.Println("FIGURE", f)
 	}
 }
 
-func (e *e2e) startKMS(pol *attest.Policy) {
+// policyFromMeasurements runs the commands an operator runs on a built
+// image and returns the KMS policy and the predicted events.
+func (e *e2e) policyFromMeasurements(image, name string) (*attest.Policy, []eventlog.Event) {
+	ms := filepath.Join(image, "measurements.json")
+	ns, kp := filepath.Join(e.dir, name+"-ns-policy.json"), filepath.Join(e.dir, name+"-kms-policy.json")
+	cmd := exec.Command(filepath.Join(image, "fleetbox.bin"), "policy", "from-measurements", "--profile", "dev",
+		"--waive", "rtmr0", "--accept-mock", "--order", "single-pass", "--out", ns, "--kms-out", kp, ms)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		e.t.Fatalf("policy from-measurements: %v\n%s", err, out)
+	}
+	pol, err := attest.LoadPolicyFile(kp)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	nsPol, err := attest.LoadPolicyFile(ns)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if a, _ := pol.Marshal(); string(a) != func() string { b, _ := nsPol.Marshal(); return string(b) }() {
+		e.t.Fatal("the namespace and KMS policies from one measurements.json differ")
+	}
+	b, err := os.ReadFile(ms)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	m, err := measure.ParseMeasurements(b)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	l, err := eventlog.ParseJSON(m.Profiles["dev"].Events)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return pol, l.Events
+}
+
+func (e *e2e) startKMS(pol *attest.Policy, expected []eventlog.Event) {
 	state := filepath.Join(e.dir, "kms")
 	os.MkdirAll(state, 0o700)
 	secret, err := kms.LoadFileRootSecret(filepath.Join(state, kms.RootSecretFile))
@@ -224,7 +251,7 @@ func (e *e2e) startKMS(pol *attest.Policy) {
 	e.kmsPolicy = filepath.Join(e.dir, "kms-policy.json")
 	e.writePolicy(pol)
 	srv, err := kms.NewServer(kms.Config{StateDir: state, RootSecret: secret, Policy: pol, PolicyFile: e.kmsPolicy,
-		Verifier: attest.NewVerifier(attest.VerifierConfig{}), Logger: testLogger(e.t, "kms")})
+		Verifier: attest.NewVerifier(attest.VerifierConfig{}), ExpectedEvents: expected, Logger: testLogger(e.t, "kms")})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -250,12 +277,12 @@ func (e *e2e) writePolicy(pol *attest.Policy) {
 	}
 }
 
-func (e *e2e) setKMSPolicy(pol *attest.Policy) {
+func (e *e2e) setKMSPolicy(pol *attest.Policy, why string) {
 	e.writePolicy(pol)
 	if err := e.kmsSrv.ReloadPolicy(); err != nil {
 		e.t.Fatalf("reloading the KMS policy: %v", err)
 	}
-	e.step("KMS policy now pins another RTMR2 (the image no longer matches)")
+	e.step("KMS policy: %s", why)
 }
 
 func (e *e2e) startAdmin(pol *attest.Policy) {
@@ -296,6 +323,103 @@ func (e *e2e) startAdmin(pol *attest.Policy) {
 		e.t.Fatal(err)
 	}
 	e.step("admin node %s… on 127.0.0.1; namespace %s… with the TeeAdmissionPolicy", n.Network().ID().String()[:20], e.ns[:12])
+}
+
+// pinning boots an image that differs from the pinned one in one kernel
+// command line option: the KMS refuses its key naming the registers and,
+// in its audit record, the events that changed; with a KMS that admits
+// both images, the node starts and the namespace refuses its announce by
+// register. The good image's policy stays on the namespace throughout.
+func (e *e2e) pinning(changed string, good *attest.Policy) {
+	e.setKMSPolicy(good, "back to the policy written from the good image's measurements.json")
+	other, _ := e.policyFromMeasurements(changed, "changed")
+	for i, pair := range [][2][]string{{good.AllowedRtmr1, other.AllowedRtmr1}, {good.AllowedRtmr2, other.AllowedRtmr2}} {
+		if pair[0][0] == pair[1][0] {
+			e.t.Fatalf("the changed image predicts the same rtmr%d", i+1)
+		}
+	}
+	e.step("changed image (one more kernel command line option): predicted rtmr1 %s…, rtmr2 %s…", other.AllowedRtmr1[0][:12], other.AllowedRtmr2[0][:12])
+
+	data := filepath.Join(e.dir, "data-changed.raw")
+	before := func() int { pg, _ := e.kmsSrv.AuditPage(0, 1000); return len(pg.Entries) }()
+	vm := e.boot("boot 4 (changed image, pinned KMS)", changed, data)
+	line := vm.waitFor(`BOOT STOPPED: the KMS refused the key: measurement_policy_rejected: .*`, 4*time.Minute)
+	for _, want := range []string{"not in allowedRtmr1", "not in allowedRtmr2"} {
+		if !strings.Contains(line, want) {
+			e.t.Fatalf("boot 4: the refusal does not say %q: %s", want, line)
+		}
+	}
+	e.step("boot 4: KMS refused: %s", strings.TrimSpace(line[strings.Index(line, "measurement_policy_rejected"):]))
+	pg, err := e.kmsSrv.AuditPage(uint64(before), 10)
+	if err != nil || len(pg.Entries) != 1 {
+		e.t.Fatalf("boot 4: KMS audit: %v, %d new records", err, len(pg.Entries))
+	}
+	var rec struct {
+		Reason  string
+		Details []string
+	}
+	json.Unmarshal(pg.Entries[0].Record, &rec)
+	var diffs []string
+	for _, d := range rec.Details {
+		if strings.HasPrefix(d, "event diff: ") {
+			diffs = append(diffs, d)
+		}
+	}
+	joined := strings.Join(diffs, "\n")
+	if !strings.Contains(joined, `rtmr2: changed`) || !strings.Contains(joined, `".cmdline"`) || !strings.Contains(joined, "rtmr1: changed") {
+		e.t.Fatalf("boot 4: the audit record does not name the changed events: %q", rec.Details)
+	}
+	for _, d := range diffs {
+		e.step("boot 4: KMS audit record %d: %s", pg.Entries[0].Seq, d)
+	}
+	sh := vm.shell()
+	vm.poweroff(sh)
+
+	// A KMS that admits both images: the node starts; the namespace still
+	// pins the good one.
+	both := *good
+	both.AllowedRtmr1 = append(append([]string(nil), good.AllowedRtmr1...), other.AllowedRtmr1...)
+	both.AllowedRtmr2 = append(append([]string(nil), good.AllowedRtmr2...), other.AllowedRtmr2...)
+	e.setKMSPolicy(&both, "admits the good and the changed image (the namespace pins the good one only)")
+	refusedBefore := e.refused("rtmr2_not_allowed")
+	vm = e.boot("boot 5 (changed image, namespace pinned)", changed, data)
+	vm.waitFor(`msg="node running"`, 4*time.Minute)
+	e.step("boot 5: key released, node started")
+	deadline := time.Now().Add(3 * time.Minute)
+	for e.refused("rtmr2_not_allowed") == refusedBefore && time.Now().Before(deadline) {
+		time.Sleep(time.Second)
+	}
+	if e.refused("rtmr2_not_allowed") == refusedBefore || e.refused("rtmr1_not_allowed") == 0 {
+		e.t.Fatal("boot 5: the namespace did not refuse the changed image's announce by register")
+	}
+	if reps, _ := e.adminClient.FleetReplicas(e.ctx, e.ns); len(reps) != 1 {
+		e.t.Fatalf("boot 5: the namespace has %d replica records, want only boot 1's", len(reps))
+	}
+	e.step("boot 5: the namespace refused the announce: fleet_announces_refused_total{reason=\"rtmr1_not_allowed\"} %v, {reason=\"rtmr2_not_allowed\"} %v",
+		e.refused("rtmr1_not_allowed"), e.refused("rtmr2_not_allowed"))
+	sh = vm.shell()
+	vm.poweroff(sh)
+}
+
+// refused reads the admin node's fleet_announces_refused_total{reason}.
+func (e *e2e) refused(reason string) float64 {
+	mfs, err := e.admin.Metrics().Gather()
+	if err != nil {
+		return 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "fleet_announces_refused_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // bootstrapAddr is the admin node's libp2p address as the guest dials it.
@@ -475,7 +599,7 @@ type vm struct {
 	done    chan struct{}
 }
 
-func (e *e2e) boot(name string) *vm {
+func (e *e2e) boot(name, image, data string) *vm {
 	e.boots++
 	run := filepath.Join(e.dir, fmt.Sprintf("boot%d", e.boots))
 	os.MkdirAll(run, 0o755)
@@ -487,7 +611,7 @@ func (e *e2e) boot(name string) *vm {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	v.cmd = exec.Command("bash", filepath.Join(e.repo, "image", "qemu.sh"), "dev", "--image", e.image, "--data", e.data,
+	v.cmd = exec.Command("bash", filepath.Join(e.repo, "image", "qemu.sh"), "dev", "--image", image, "--data", data,
 		"--fw-cfg", fw, "--node-port", fmt.Sprint(port), "--serial-socket", v.sock, "--serial-log", v.log)
 	var stderr bytes.Buffer
 	v.cmd.Stderr = &stderr

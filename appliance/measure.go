@@ -22,9 +22,9 @@ const RTMR3Path = "/sys/devices/virtual/misc/tdx_guest/measurements/rtmr3:sha384
 // Files the boot leaves under the run directory (tmpfs) for the node and
 // for whoever checks a quote of this boot.
 const (
-	// EventLogFile is the RTMR3 event log (measure.MarshalRuntimeLog, the
+	// RTMR3LogFile is the RTMR3 event log (measure.MarshalRuntimeLog, the
 	// JSON form `fleetbox measure eventlog` replays).
-	EventLogFile = "rtmr3-events.json"
+	RTMR3LogFile = "rtmr3-events.json"
 	// AttestationFile tells the node where its quotes come from
 	// (`fleetbox node run --attest-source appliance`).
 	AttestationFile = "attestation.json"
@@ -67,7 +67,7 @@ func extendBootEvents(x Extender, runDir, profile string, configHash [32]byte) (
 	// The log is written first: a verifier that finds a quote without a
 	// log learns nothing; one that finds a log without its events extended
 	// sees the mismatch event by event.
-	if err := writeFileAtomic(filepath.Join(runDir, EventLogFile), log, 0o644); err != nil {
+	if err := writeFileAtomic(filepath.Join(runDir, RTMR3LogFile), log, 0o644); err != nil {
 		return attest.RTMR{}, nil, fmt.Errorf("writing the RTMR3 event log: %w", err)
 	}
 	if x != nil {

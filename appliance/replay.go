@@ -24,6 +24,43 @@ const (
 	FirmwareLogFile = "firmware-events.json"
 )
 
+// CCELPath is the TD's firmware event log (the ACPI CCEL table's data).
+const CCELPath = "/sys/firmware/acpi/tables/data/CCEL"
+
+// EventLogFile under the run directory is this boot's whole event log, the
+// firmware's events (RTMR0-2) and the appliance's (RTMR3), in the JSON form
+// `fleetbox measure eventlog` reads. It travels with the quote to the KMS.
+const EventLogFile = "eventlog.json"
+
+// fullEventLog returns the firmware's events (the CCEL on TDX, the vTPM's
+// replayed ones in a mock boot) followed by the RTMR3 events, and writes
+// them to EventLogFile. A firmware log that cannot be read leaves the
+// RTMR3 events alone, with a console line.
+func (b *booter) fullEventLog(runtime []eventlog.Event) []byte {
+	fw := b.fwEvents
+	if fw == nil {
+		raw, err := readFileMax(filepath.Join(b.cfg.Root, CCELPath), eventlog.MaxLogSize)
+		if err == nil {
+			var l *eventlog.Log
+			if l, err = eventlog.ParseCCEL(raw); err == nil {
+				fw = l.Events
+			}
+		}
+		if err != nil && b.src != "mock" {
+			b.say("the firmware's event log (%s) is not readable: %v; the KMS gets the RTMR3 events only", CCELPath, err)
+		}
+	}
+	all := append(append([]eventlog.Event(nil), fw...), runtime...)
+	js, err := eventlog.MarshalJSON(all)
+	if err != nil {
+		return nil
+	}
+	if err := writeFileAtomic(filepath.Join(b.cfg.RunDir, EventLogFile), js, 0o644); err != nil {
+		b.say("writing %s: %v", EventLogFile, err)
+	}
+	return js
+}
+
 // replayMock fills a mock quote's MRTD and RTMR0-2 the way a real TD
 // booting this image would show them (MockConfig.Replay), and writes the
 // firmware's events to FirmwareLogFile.
@@ -47,6 +84,7 @@ func (b *booter) replayMock(q *attest.MockQuote) error {
 		return fmt.Errorf("mock replay: parsing the firmware's event log: %w", err)
 	}
 	events := eventlog.TDXFromTPM(l.Events)
+	b.fwEvents = events
 	regs := eventlog.Replay(events)
 	copy(q.RTMR[:3], regs[:3])
 	js, err := eventlog.MarshalJSON(events)

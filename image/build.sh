@@ -4,6 +4,8 @@
 #   image/build.sh dev  [--out DIR] [--cache DIR] [--no-incremental]
 #   image/build.sh prod (--kms-policy FILE | --kms-key BASE64) [--kms-url URL] [...]
 #   image/build.sh dev --update-lock     # resolve versions anew, rewrite image/packages.lock
+#   image/build.sh dev --cmdline-extra "mitigations=auto" --out DIR   # a variant with one more
+#                                        # (measured) kernel command line option
 #
 # Steps: build the static fleetbox binary with the pinned toolchain
 # (CGO_ENABLED=0, -trimpath, no build id); stage it, and for prod the
@@ -37,7 +39,7 @@ out=$top/build/image/$profile
 cache=$top/build/mkosi-cache
 incremental=yes
 update_lock=no
-kms_policy="" kms_key="" kms_url=""
+kms_policy="" kms_key="" kms_url="" cmdline_extra=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--out) out=$(realpath -m "$2"); shift 2 ;;
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
 	--kms-policy) kms_policy=$(realpath "$2"); shift 2 ;;
 	--kms-key) kms_key=$2; shift 2 ;;
 	--kms-url) kms_url=$2; shift 2 ;;
+	--cmdline-extra) cmdline_extra=$2; shift 2 ;;
 	*) echo "image/build.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -68,7 +71,7 @@ if [ -n "$want_go" ] && [ "$want_go" != "$have_go" ]; then
 	echo "image/build.sh: go.mod pins $want_go, this machine has $have_go" >&2
 	exit 2
 fi
-version=$(git describe --always --dirty 2>/dev/null || echo dev)
+version=${FLEETBOX_VERSION:-$(git describe --always --dirty 2>/dev/null || echo dev)}
 mkdir -p "$stage/tree/usr/bin"
 CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath \
 	-ldflags "-s -w -buildid= -X main.version=$version" \
@@ -112,7 +115,9 @@ if [ "$update_lock" = no ]; then
 	done <image/packages.lock >"$stage/pkgmngr/etc/apt/preferences.d/fleetbox-lock.pref"
 fi
 
-epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
+# SOURCE_DATE_EPOCH from the environment wins (reproducible/image.sh builds
+# copies without history); otherwise the last commit's time.
+epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 # The incremental cache (the installed packages) is keyed by the lock, so a
 # new lock never reuses packages installed under the old one.
 lockkey=$(cat image/packages.lock 2>/dev/null | sha256sum | cut -c1-12)
@@ -131,8 +136,17 @@ args=(
 	--incremental "$incremental"
 	--force
 )
-echo "== mkosi build: profile $profile, SOURCE_DATE_EPOCH $epoch, $npins pinned packages, out $out"
-mkosi "${args[@]}" build
+if [ -n "$cmdline_extra" ]; then
+	args+=(--kernel-command-line "$cmdline_extra")
+fi
+echo "== mkosi build: profile $profile, SOURCE_DATE_EPOCH $epoch, $npins pinned packages, out $out (log: $out/mkosi.log)"
+if ! mkosi "${args[@]}" build >"$stage/mkosi.log" 2>&1; then
+	cp "$stage/mkosi.log" "$out/mkosi.log" 2>/dev/null || true
+	tail -60 "$stage/mkosi.log" >&2
+	echo "image/build.sh: mkosi failed; the whole log is $out/mkosi.log" >&2
+	exit 1
+fi
+cp "$stage/mkosi.log" "$out/mkosi.log"
 
 # What the image holds, against the lock.
 manifest="$out/fleetbox.manifest"
