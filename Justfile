@@ -28,9 +28,14 @@ fuzz:
 bench:
     go test -run '^$' -bench . -benchtime 2s ./...
 
-# Two builds with empty caches must give the same bytes.
-reproducible:
-    bash reproducible/binary.sh
+# Two builds from clean state must give the same bytes: the binary, or with a
+# profile (dev, prod) the whole image, every artifact compared.
+reproducible profile="":
+    if [ -z "{{profile}}" ]; then bash reproducible/binary.sh; else bash reproducible/image.sh {{profile}}; fi
+
+# Predict a built image's measurements: build/image/PROFILE/measurements.json.
+measure profile="dev" *args="":
+    bash image/measure.sh {{profile}} {{args}}
 
 # Build the appliance image (dev or prod; prod needs --kms-policy or --kms-key).
 image profile="dev" *args="":

@@ -286,7 +286,7 @@ func (b *booter) openErr(err error, s *Settings) error {
 func (b *booter) reportSettings(s *Settings) {
 	b.say("profile %s (%s)", s.Profile.Value, s.Profile.From)
 	b.say("configuration sha256 %x (%s)", s.ConfigHash, fromImage)
-	b.say("mock quotes %s (%s)", map[bool]string{true: "allowed", false: "refused"}[s.AllowMock.Value], s.AllowMock.From)
+	b.say("mock quotes %s (%s)", allowedOrRefused(s.AllowMock.Value), s.AllowMock.From)
 	if s.KMSPolicy.Value != nil {
 		b.say("KMS trust: its own quote must satisfy the KMS policy (%s)", s.KMSPolicy.From)
 	}
@@ -321,7 +321,7 @@ func (b *booter) quoteSource(ctx context.Context, s *Settings) (attest.Source, *
 			detectErr = errors.New("the quote source is a mock")
 		}
 		return nil, nil, stop("no TDX (%v): the %s profile does not boot without TDX (mock quotes %s by %s)",
-			detectErr, s.Profile.Value, map[bool]string{true: "allowed", false: "refused"}[s.AllowMock.Value], s.AllowMock.From)
+			detectErr, s.Profile.Value, allowedOrRefused(s.AllowMock.Value), s.AllowMock.From)
 	}
 	var q attest.MockQuote
 	if s.Image.Mock.Replay {
@@ -529,3 +529,10 @@ func (h *consoleHandler) WithAttrs(as []slog.Attr) slog.Handler {
 }
 
 func (h *consoleHandler) WithGroup(string) slog.Handler { return h }
+
+func allowedOrRefused(ok bool) string {
+	if ok {
+		return "allowed"
+	}
+	return "refused"
+}

@@ -78,10 +78,11 @@ cp "$firmware" "$run/firmware.fd"
 mrtd=$("$image/fleetbox.bin" measure mrtd --firmware "$firmware" --order single-pass 2>/dev/null | awk '$1 == "mrtd" {print $2}')
 [ -n "$mrtd" ] || { echo "image/qemu.sh: could not compute the MRTD of $firmware" >&2; exit 2; }
 
-# A fresh vTPM for this boot with a SHA-384 bank; it ends with QEMU.
+# A fresh vTPM for this boot with a SHA-384 bank only (the digest TDX uses;
+# one bank halves what the firmware hashes under emulation); it ends with QEMU.
 rm -rf "$run/tpm" "$run/swtpm.sock"
 mkdir -p "$run/tpm"
-swtpm_setup --tpm2 --tpm-state "$run/tpm" --pcr-banks sha256,sha384 --overwrite >/dev/null
+swtpm_setup --tpm2 --tpm-state "$run/tpm" --pcr-banks sha384 --overwrite >/dev/null
 swtpm socket --tpm2 --tpmstate "dir=$run/tpm" --ctrl "type=unixio,path=$run/swtpm.sock" --terminate &
 for _ in $(seq 50); do [ -S "$run/swtpm.sock" ] && break; sleep 0.1; done
 mkdir -p "$(dirname "$data")"
