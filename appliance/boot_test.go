@@ -20,6 +20,7 @@ import (
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/kms"
 	"github.com/fleetbox/fleetbox/measure"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 	"github.com/fleetbox/fleetbox/node"
 )
 
@@ -606,4 +607,61 @@ func mustJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A dev boot with mock.replay carries the firmware's MRTD from fw_cfg and
+// RTMR0-2 replayed from the vTPM's event log (here a real OVMF log), and
+// sends the whole event log with the quote.
+func TestBootMockReplay(t *testing.T) {
+	k := startKMS(t, &attest.Policy{AllowedMrtd: []string{"*"}, AllowedRtmr0: []string{"*"}, AllowedRtmr1: []string{"*"},
+		AllowedRtmr2: []string{"*"}, AllowedRtmr3: []string{"*"}, AcceptMock: true})
+	conf := strings.Replace(devConfig(k.url), `"mock": {"mrtd": "`+hexOf(testMRTD)+`", "rtmr0": "`+hexOf(testRTMR0)+`", "rtmr1": "`+hexOf(testRTMR1)+`", "rtmr2": "`+hexOf(testRTMR2)+`"}`, `"mock": {"replay": true}`, 1)
+	if !strings.Contains(conf, `"replay": true`) {
+		t.Fatal("test config not rewritten")
+	}
+	r := newRig(t, conf)
+	tpmLog, err := os.ReadFile("../measure/eventlog/testdata/ovmf-vtpm-boot.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.write(TPMLogPath, string(tpmLog))
+	mrtd := attest.MockMeasurement("firmware the host gave QEMU")
+	r.write(MockMRTDPath, attest.MRTD(mrtd).String()+"\n")
+	res, err := r.boot()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, r.console.String())
+	}
+	l, _ := eventlog.ParseTPMLog(tpmLog)
+	want := eventlog.Replay(eventlog.TDXFromTPM(l.Events))
+	src, err := LoadAttestation(filepath.Join(r.run, AttestationFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := src.GetQuote(context.Background(), attest.ReportData{})
+	pq, _ := attest.ParseQuote(q)
+	if pq.MRTD != attest.MRTD(mrtd) || pq.RTMR[0] != want[0] || pq.RTMR[1] != want[1] || pq.RTMR[2] != want[2] || pq.RTMR[3].String() != res.RTMR3 {
+		t.Fatal("the mock quote does not carry the replayed registers")
+	}
+	// The whole log (firmware and RTMR3 events) replays to the quote: what
+	// the KMS checks.
+	full, err := os.ReadFile(filepath.Join(r.run, EventLogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := eventlog.ParseJSON(full)
+	if err != nil || !eventlog.Compare(fl, pq.RTMR).OK() {
+		t.Fatalf("the event log does not replay to the quote: %v", err)
+	}
+	for _, want := range []string{"from fw_cfg opt/fleetbox/mock-mrtd", "replayed from the firmware's event log"} {
+		if !strings.Contains(r.console.String(), want) {
+			t.Errorf("console lacks %q", want)
+		}
+	}
+
+	// Without the vTPM log the replay stops the boot, naming what is missing.
+	r2 := newRig(t, conf)
+	r2.write(MockMRTDPath, attest.MRTD(mrtd).String())
+	if _, err := r2.boot(); err == nil || !strings.Contains(err.Error(), "the firmware's event log") {
+		t.Fatalf("no vTPM log: %v", err)
+	}
 }
