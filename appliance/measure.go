@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/internal/atomicfile"
 	"github.com/fleetbox/fleetbox/measure"
 )
 
@@ -155,30 +156,6 @@ func detectTDX(ctx context.Context) (attest.Source, error) {
 	return src, nil
 }
 
-// writeFileAtomic writes path through a temporary file and a rename.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.Write(path, data, mode)
 }

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/fleetbox/fleetbox/internal/atomicfile"
 )
 
 // Files in a node's home directory.
@@ -98,13 +100,7 @@ func SaveFileConfig(home string, fc FileConfig) error {
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(home, ConfigFile)
-	tmp := path + ".new"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("writing config: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.Write(filepath.Join(home, ConfigFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("writing config: %w", err)
 	}
 	return nil
