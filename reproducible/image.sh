@@ -37,12 +37,16 @@ if [ "$profile" = prod ]; then
 	extra=(--kms-key "qIKuf8sALC7vp40bdtTZCtwpdLEXkS0R7sxbP4yHi+0=" --kms-url "https://kms.example:8443")
 fi
 
+# One snapshot of the source for both builds: the tracked files as they
+# are in this working tree (committed or not), plus untracked files git
+# does not ignore. Taken once, so an edit during the run cannot make the
+# builds differ.
+git ls-files -z -co --exclude-standard | tar -C "$top" --null -T - -cf "$work/source.tar"
+
 build() { # $1: name, $2: source dir
 	local src=$2
 	mkdir -p "$src"
-	# The tracked files as they are in this working tree (committed or not),
-	# plus untracked files git does not ignore.
-	git ls-files -z -co --exclude-standard | tar -C "$top" --null -T - -cf - | tar -C "$src" -xf -
+	tar -C "$src" -xf "$work/source.tar"
 	local t0=$(date +%s)
 	(cd "$src" && GOCACHE="$work/$1/gocache" bash image/build.sh "$profile" --no-incremental \
 		--out "$work/$1/out" --cache "$work/$1/cache" "${extra[@]}" >"$report/build-$1.log" 2>&1) || {
