@@ -45,7 +45,6 @@ var (
 	fromImage   = Source{Where: "image " + ImageConfigPath, Measured: true}
 	fromCmdline = Source{Where: "kernel command line", Measured: true}
 	fromFwCfg   = Source{Where: "fw_cfg opt/fleetbox/config", Measured: false}
-	fromDefault = Source{Where: "built-in default", Measured: true}
 )
 
 func fromCredential(name string) Source {
