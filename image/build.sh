@@ -141,12 +141,24 @@ if [ -n "$cmdline_extra" ]; then
 fi
 echo "== mkosi build: profile $profile, SOURCE_DATE_EPOCH $epoch, $npins pinned packages, out $out (log: $out/mkosi.log)"
 if ! mkosi "${args[@]}" build >"$stage/mkosi.log" 2>&1; then
-	cp "$stage/mkosi.log" "$out/mkosi.log" 2>/dev/null || true
+	cp "$stage/mkosi.log" "$out/mkosi.log"
+
+# The ESP's FAT: mtools 4.0.32 (bookworm) stamps the directories
+# systemd-repart 254 creates with the current time; clamp every FAT
+# timestamp to SOURCE_DATE_EPOCH (image/fatclamp). Unmeasured metadata: no
+# register changes.
+go run ./image/fatclamp -epoch "$epoch" "$out/fleetbox.raw" 2>/dev/null || true
 	tail -60 "$stage/mkosi.log" >&2
 	echo "image/build.sh: mkosi failed; the whole log is $out/mkosi.log" >&2
 	exit 1
 fi
 cp "$stage/mkosi.log" "$out/mkosi.log"
+
+# The ESP's FAT: mtools 4.0.32 (bookworm) stamps the directories
+# systemd-repart 254 creates with the current time; clamp every FAT
+# timestamp to SOURCE_DATE_EPOCH (image/fatclamp). Unmeasured metadata: no
+# register changes.
+go run ./image/fatclamp -epoch "$epoch" "$out/fleetbox.raw"
 
 # What the image holds, against the lock.
 manifest="$out/fleetbox.manifest"
