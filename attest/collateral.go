@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"math/big"
 	"os"
 	"time"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	"github.com/google/go-tdx-guest/pcs"
 )
@@ -78,13 +79,14 @@ type collateralV3JSON struct {
 // ParseCollateralJSON decodes collateral in the dcap-qvl QuoteCollateralV3
 // JSON form (snake_case keys; tcb_info and qe_identity are the exact signed
 // JSON strings, signatures and CRLs are hex). Unknown keys are ignored, since
-// publishers add their own (pck_certificate_chain, ...).
+// publishers add their own (pck_certificate_chain, ...); duplicate keys and
+// keys not spelled exactly are refused.
 func ParseCollateralJSON(data []byte) (*Collateral, error) {
 	if len(data) > MaxCollateralSize {
 		return nil, fmt.Errorf("collateral: %d bytes exceeds the %d-byte limit", len(data), MaxCollateralSize)
 	}
 	var j collateralV3JSON
-	if err := json.Unmarshal(data, &j); err != nil {
+	if err := strictjson.UnmarshalKnown(data, &j); err != nil {
 		return nil, fmt.Errorf("collateral: %w", err)
 	}
 	c := &Collateral{}
@@ -156,17 +158,9 @@ func revokedSet(crl *x509.RevocationList) map[string]time.Time {
 func serialKey(n *big.Int) string { return string(n.Bytes()) }
 
 // strictUnmarshal decodes JSON into v; the signed bodies are Intel's, so
-// unknown fields are tolerated, but trailing data is not.
-func strictUnmarshal(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after the JSON object")
-	}
-	return nil
-}
+// unknown fields are tolerated, but duplicate or miscased keys and trailing
+// data are not.
+func strictUnmarshal(b []byte, v any) error { return strictjson.UnmarshalKnown(b, v) }
 
 func hexSig(s string) ([]byte, error) {
 	b, err := hex.DecodeString(s)

@@ -1,11 +1,12 @@
 package attest
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 )
 
 // MaxPolicySize bounds a policy document.
@@ -38,20 +39,17 @@ type Policy struct {
 	AllowDebug bool `json:"allowDebug,omitempty"`
 }
 
-// ParsePolicy decodes and validates a policy document. Unknown fields are
-// refused so that a typo cannot silently drop a rule.
+// ParsePolicy decodes and validates a policy document. Unknown keys,
+// duplicate keys and keys not spelled exactly are refused, so that a typo
+// cannot silently drop a rule and a second "acceptmock" cannot override the
+// first (what a namespace stores is what applies).
 func ParsePolicy(data []byte) (*Policy, error) {
 	if len(data) > MaxPolicySize {
 		return nil, fmt.Errorf("policy: %d bytes exceeds the %d-byte limit", len(data), MaxPolicySize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var p Policy
-	if err := dec.Decode(&p); err != nil {
+	if err := strictjson.Unmarshal(data, &p); err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("policy: trailing data after the JSON object")
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err

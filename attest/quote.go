@@ -5,10 +5,11 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	"github.com/google/go-tdx-guest/abi"
 	"github.com/google/go-tdx-guest/pcs"
@@ -184,7 +185,7 @@ func DecodeQuoteFile(data []byte) ([]byte, error) {
 		return data, nil
 	case trimmed[0] == '[':
 		var vals []int
-		if err := json.Unmarshal(trimmed, &vals); err != nil {
+		if err := strictjson.Unmarshal(trimmed, &vals); err != nil {
 			return nil, fmt.Errorf("quote file: JSON byte array: %w", err)
 		}
 		out := make([]byte, len(vals))
@@ -199,7 +200,7 @@ func DecodeQuoteFile(data []byte) ([]byte, error) {
 		var obj struct {
 			Quote *string `json:"quote"`
 		}
-		if err := json.Unmarshal(trimmed, &obj); err != nil {
+		if err := strictjson.UnmarshalKnown(trimmed, &obj); err != nil {
 			return nil, fmt.Errorf("quote file: JSON object: %w", err)
 		}
 		if obj.Quote == nil {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 	"time"
@@ -39,6 +40,14 @@ func (s *Server) routes() http.Handler {
 				w.Header().Set("Allow", method)
 				writeError(w, refuse(api.CodeMethodNotAllowed, path+" takes "+method))
 				return
+			}
+			// A browser's cross-site "simple" POST cannot declare JSON, so
+			// requiring it keeps web pages from reaching the KMS.
+			if method == http.MethodPost {
+				if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+					writeError(w, refuse(api.CodeUnsupportedMediaType, fmt.Sprintf("Content-Type %q, want application/json", r.Header.Get("Content-Type"))))
+					return
+				}
 			}
 			h(w, r)
 		}))

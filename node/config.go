@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fleetbox/fleetbox/internal/atomicfile"
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 )
 
 // Files in a node's home directory.
@@ -77,7 +77,8 @@ func DefaultFileConfig() FileConfig {
 	}
 }
 
-// LoadFileConfig reads home/config.json strictly (unknown keys refused).
+// LoadFileConfig reads home/config.json strictly (unknown, duplicate and
+// miscased keys refused).
 func LoadFileConfig(home string) (FileConfig, error) {
 	path := filepath.Join(home, ConfigFile)
 	b, err := os.ReadFile(path)
@@ -85,9 +86,7 @@ func LoadFileConfig(home string) (FileConfig, error) {
 		return FileConfig{}, fmt.Errorf("reading config: %w", err)
 	}
 	var c FileConfig
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	if err := strictjson.Unmarshal(b, &c); err != nil {
 		return FileConfig{}, fmt.Errorf("parsing %s: %w", path, err)
 	}
 	return c, nil

@@ -6,16 +6,15 @@
 package api
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"time"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -70,6 +69,7 @@ const (
 	CodeInternal              = "internal_error"
 	CodeNotFound              = "not_found"
 	CodeMethodNotAllowed      = "method_not_allowed"
+	CodeUnsupportedMediaType  = "unsupported_media_type"
 )
 
 // Status returns the HTTP status for an error code.
@@ -85,6 +85,8 @@ func Status(code string) int {
 		return 404
 	case CodeMethodNotAllowed:
 		return 405
+	case CodeUnsupportedMediaType:
+		return 415
 	case CodePolicyNotReady, CodeTooManyChallenges, CodeCollateralUnavailable:
 		return 503
 	default:
@@ -188,19 +190,14 @@ func shapeErr(format string, a ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrShape}, a...)...)
 }
 
-// decodeStrict decodes exactly one JSON object into v: unknown fields,
-// trailing data and oversize input are refused.
+// decodeStrict decodes exactly one JSON object into v: unknown, duplicate
+// and miscased keys, trailing data and oversize input are refused.
 func decodeStrict(data []byte, limit int, v any) error {
 	if len(data) > limit {
 		return shapeErr("body of %d bytes exceeds the %d-byte limit", len(data), limit)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := strictjson.Unmarshal(data, v); err != nil {
 		return shapeErr("decoding JSON: %v", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return shapeErr("trailing data after the JSON object")
 	}
 	return nil
 }

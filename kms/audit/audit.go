@@ -33,6 +33,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fleetbox/fleetbox/internal/strictjson"
+
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -277,7 +279,7 @@ func (l *Log) signedHead(h Head) SignedHead {
 
 func decodeSignedHead(b []byte) (SignedHead, error) {
 	var sh SignedHead
-	err := json.Unmarshal(b, &sh)
+	err := strictjson.Unmarshal(b, &sh)
 	return sh, err
 }
 
@@ -483,9 +485,7 @@ type ChainVerifier struct {
 func (v *ChainVerifier) Add(entries []Entry) error {
 	for _, e := range entries {
 		var r Record
-		dec := json.NewDecoder(bytes.NewReader(e.Record))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&r); err != nil {
+		if err := strictjson.Unmarshal(e.Record, &r); err != nil {
 			return fmt.Errorf("%w: record %d: %v", ErrChain, e.Seq, err)
 		}
 		if r.Seq != v.seq+1 || e.Seq != r.Seq {

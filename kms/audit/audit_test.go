@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -230,4 +231,20 @@ func FuzzChainVerifier(f *testing.F) {
 			t.Fatalf("accepted a chain ending at %d", h.Seq)
 		}
 	})
+}
+
+// A record whose keys repeat or change case says two things; encoding/json
+// counted the last "decision" (a denial read as a grant).
+func TestChainVerifierRefusesAmbiguousRecords(t *testing.T) {
+	zero := strings.Repeat("0", 64)
+	for name, rec := range map[string]string{
+		"decision twice":  `{"seq":1,"prev":"` + zero + `","time":"2026-01-01T00:00:00Z","decision":"denied","decision":"granted"}`,
+		"Decision":        `{"seq":1,"prev":"` + zero + `","time":"2026-01-01T00:00:00Z","Decision":"granted"}`,
+		"trailing object": `{"seq":1,"prev":"` + zero + `","time":"2026-01-01T00:00:00Z","decision":"granted"}{}`,
+	} {
+		var v audit.ChainVerifier
+		if err := v.Add([]audit.Entry{{Seq: 1, Record: []byte(rec)}}); err == nil {
+			t.Errorf("%s: accepted (granted %d, denied %d)", name, v.Granted, v.Denied)
+		}
+	}
 }

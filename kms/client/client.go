@@ -30,6 +30,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fleetbox/fleetbox/internal/strictjson"
+
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -230,12 +232,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if res.StatusCode != http.StatusOK {
 		ae := &APIError{Status: res.StatusCode, Code: "http_" + fmt.Sprint(res.StatusCode)}
 		var e api.Error
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		if strictjson.UnmarshalKnown(data, &e) == nil && e.Error != "" {
 			ae.Code, ae.Details = e.Error, e.Details
 		}
 		return ae
 	}
-	if err := json.Unmarshal(data, out); err != nil {
+	if err := strictjson.UnmarshalKnown(data, out); err != nil {
 		return &permanentError{fmt.Errorf("%s %s: decoding response: %w", method, path, err)}
 	}
 	return nil
