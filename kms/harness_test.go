@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -85,7 +86,17 @@ type harnessOpts struct {
 	kmsSource        attest.Source
 	policy           []byte
 	expectedEvents   []eventlog.Event
+	// limits, if set, replaces "no per-client limits" (the harness clock
+	// stands still, so buckets would never refill).
+	limits *kms.Limits
+	// stateMaxSize caps kms.db (a full disk).
+	stateMaxSize int
+	// logger, if set, receives the server's text log.
+	logger io.Writer
 }
+
+// noLimits switches every per-client limit off.
+var noLimits = kms.Limits{AddressRate: -1, PeerRate: -1, PendingPerAddress: -1}
 
 // harness is a KMS behind httptest with a test CA.
 type harness struct {
@@ -153,6 +164,14 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if o.collateralSource != nil {
 		collSrc = o.collateralSource
 	}
+	var logger *slog.Logger
+	if o.logger != nil {
+		logger = slog.New(slog.NewTextHandler(o.logger, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	limits := noLimits
+	if o.limits != nil {
+		limits = *o.limits
+	}
 	h.srv, err = kms.NewServer(kms.Config{
 		StateDir:             h.stateDir,
 		RootSecret:           secret,
@@ -162,6 +181,9 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		Profile:              o.profile,
 		Source:               o.kmsSource,
 		MaxPendingChallenges: o.maxPending,
+		Limits:               limits,
+		StateMaxSize:         o.stateMaxSize,
+		Logger:               logger,
 		Now:                  h.clock.Now,
 		ExpectedEvents:       o.expectedEvents,
 	})

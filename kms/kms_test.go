@@ -240,8 +240,21 @@ func TestErrorCodes(t *testing.T) {
 			if api.Status(c.code) != c.status {
 				t.Fatalf("api.Status(%s) = %d", c.code, api.Status(c.code))
 			}
-			// Every decision is audited, with the reason.
+			// Every decision about a verified request is audited, with the
+			// reason; refusals before the signature proves the peer ID
+			// (anyone can send those for free) are only counted.
 			pg, err := h.srv.AuditPage(0, 10)
+			unverified := c.code == api.CodePolicyNotReady || c.code == api.CodeInvalidChallenge || c.code == api.CodeInvalidSignature ||
+				(c.code == api.CodeInvalidRequest && !c.seal) || name == "garbage quote"
+			if unverified {
+				if err != nil || len(pg.Entries) != 0 {
+					t.Fatalf("audit: %v %d entries, want none for a refusal without a verified identity", err, len(pg.Entries))
+				}
+				if got := metricValue(t, h, "fleetbox_kms_key_denials_total", c.code); got != 1 {
+					t.Fatalf("fleetbox_kms_key_denials_total{reason=%q} = %v, want 1", c.code, got)
+				}
+				return
+			}
 			if err != nil || len(pg.Entries) != 1 {
 				t.Fatalf("audit: %v %d entries", err, len(pg.Entries))
 			}

@@ -73,6 +73,10 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 	noRevocation := fs.Bool("no-revocation", false, "skip the PCK and root CRL checks")
 	ttl := fs.Duration("challenge-ttl", kms.DefaultChallengeTTL, "challenge lifetime")
 	maxPending := fs.Int("max-challenges", kms.DefaultMaxPendingChallenges, "cap on pending challenges")
+	addrRate := fs.Float64("address-rate", 0, "POST requests per second per source address (IPv6: per /64); 0: 20, negative: no limit")
+	addrBurst := fs.Int("address-burst", 0, "burst of --address-rate; 0: twice the rate")
+	pendingPerAddr := fs.Int("pending-per-address", 0, "pending challenges per source address; 0: --max-challenges/20, negative: no cap")
+	peerRate := fs.Float64("peer-rate", 0, "/get-key requests per second per verified peer ID; 0: 1, negative: no limit")
 	addrFile := fs.String("addr-file", "", "write the bound address to this `file` once listening (for scripts with --listen :0)")
 	expected := fs.String("expected-events", "", "measurements.json of the admitted image: a refusal of a quote sent with its event log names the events that differ")
 	expectedProfile := fs.String("expected-profile", "", "the image `profile` in --expected-events (needed when it has several)")
@@ -154,7 +158,10 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		Source:               src,
 		ChallengeTTL:         *ttl,
 		MaxPendingChallenges: *maxPending,
-		Logger:               e.logger,
+		Limits: kms.Limits{
+			AddressRate: *addrRate, AddressBurst: *addrBurst, PendingPerAddress: *pendingPerAddr, PeerRate: *peerRate,
+		},
+		Logger: e.logger,
 	})
 	if err != nil {
 		return usageErr(e, "kms serve: %v", err)

@@ -44,6 +44,8 @@ func TestKMSCommands(t *testing.T) {
 	go func() {
 		var out, errb bytes.Buffer
 		served <- run(ctx, []string{"kms", "serve", "--listen", "127.0.0.1:0", "--policy", policy, "--state", state,
+			// One identity asks many times a second, and kms load is one address.
+			"--peer-rate", "-1", "--address-rate", "-1",
 			"--addr-file", addrFile, "--attest-source", "mock"}, &out, &errb)
 	}()
 	defer cancel()

@@ -70,6 +70,7 @@ const (
 	CodeNotFound              = "not_found"
 	CodeMethodNotAllowed      = "method_not_allowed"
 	CodeUnsupportedMediaType  = "unsupported_media_type"
+	CodeRateLimited           = "rate_limited"
 )
 
 // Status returns the HTTP status for an error code.
@@ -87,6 +88,8 @@ func Status(code string) int {
 		return 405
 	case CodeUnsupportedMediaType:
 		return 415
+	case CodeRateLimited:
+		return 429
 	case CodePolicyNotReady, CodeTooManyChallenges, CodeCollateralUnavailable:
 		return 503
 	default:
@@ -168,7 +171,10 @@ type AttestResponse struct {
 
 // Health answers GET /health.
 type Health struct {
+	// Status is "ok", or "not_ready" (HTTP 503) with Reason saying why:
+	// the audit log cannot be appended, so no key can be released.
 	Status            string `json:"status"`
+	Reason            string `json:"reason,omitempty"`
 	PolicyReady       bool   `json:"policyReady"`
 	Profile           string `json:"profile"`
 	AuditSeq          uint64 `json:"auditSeq"`

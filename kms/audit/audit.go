@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -132,6 +133,8 @@ type Page struct {
 
 // Errors.
 var (
+	// ErrCorrupt: the database file is damaged (bbolt found a bad page).
+	ErrCorrupt     = errors.New("audit database is corrupt")
 	ErrClosed      = errors.New("audit log is not running")
 	ErrKeyMismatch = errors.New("audit log was created with a different signing key")
 	ErrChain       = errors.New("audit chain does not verify")
@@ -173,9 +176,16 @@ type Log struct {
 	stopped  chan struct{}
 	stopOnce sync.Once
 
-	mu   sync.RWMutex // guards head
+	mu   sync.RWMutex // guards head and failed
 	head Head
+	// failed is the last commit's error while appends fail (a full disk, a
+	// size cap), nil once one succeeds again.
+	failed error
 }
+
+// probeInterval is how often a failed log retries a commit by itself, so
+// that it reports healthy again once space is freed, without a request.
+const probeInterval = 5 * time.Second
 
 type appendReq struct {
 	ev   Event
@@ -206,52 +216,54 @@ func Open(cfg Config) (*Log, error) {
 	}
 	l := &Log{cfg: cfg, db: cfg.DB, log: lg, reqs: make(chan *appendReq, cfg.MaxBatch), stopped: make(chan struct{})}
 	pub := cfg.Signer.Public().(ed25519.PublicKey)
-	err := l.db.Update(func(tx *bolt.Tx) error {
-		recs, err := tx.CreateBucketIfNotExists(bucketRecords)
-		if err != nil {
-			return err
-		}
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		if stored := meta.Get(keyPublicKey); stored == nil {
-			if err := meta.Put(keyPublicKey, pub); err != nil {
-				return err
-			}
-		} else if subtle.ConstantTimeCompare(stored, pub) != 1 {
-			return ErrKeyMismatch
-		}
-		var h Head
-		if raw := meta.Get(keyHead); raw != nil {
-			sh, err := decodeSignedHead(raw)
+	err := guard(func() error {
+		return l.db.Update(func(tx *bolt.Tx) error {
+			recs, err := tx.CreateBucketIfNotExists(bucketRecords)
 			if err != nil {
-				return fmt.Errorf("reading head: %w", err)
-			}
-			if h, err = sh.verify(pub); err != nil {
 				return err
 			}
-		}
-		// The last record must be the head: a crash cannot split them (one
-		// transaction writes both), so a mismatch means tampering.
-		k, v := recs.Cursor().Last()
-		switch {
-		case k == nil && h.Seq != 0:
-			return fmt.Errorf("%w: head at %d but no records", ErrChain, h.Seq)
-		case k != nil:
-			seq := binary.BigEndian.Uint64(k)
-			if seq != h.Seq || RecordHash(v) != h.Hash {
-				return fmt.Errorf("%w: last record %d does not match the signed head %d", ErrChain, seq, h.Seq)
-			}
-		}
-		if meta.Get(keyHead) == nil {
-			h = l.sign(0, Hash{})
-			if err := meta.Put(keyHead, l.encodeHead(h)); err != nil {
+			meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+			if err != nil {
 				return err
 			}
-		}
-		l.head = h
-		return nil
+			if stored := meta.Get(keyPublicKey); stored == nil {
+				if err := meta.Put(keyPublicKey, pub); err != nil {
+					return err
+				}
+			} else if subtle.ConstantTimeCompare(stored, pub) != 1 {
+				return ErrKeyMismatch
+			}
+			var h Head
+			if raw := meta.Get(keyHead); raw != nil {
+				sh, err := decodeSignedHead(raw)
+				if err != nil {
+					return fmt.Errorf("reading head: %w", err)
+				}
+				if h, err = sh.verify(pub); err != nil {
+					return err
+				}
+			}
+			// The last record must be the head: a crash cannot split them (one
+			// transaction writes both), so a mismatch means tampering.
+			k, v := recs.Cursor().Last()
+			switch {
+			case k == nil && h.Seq != 0:
+				return fmt.Errorf("%w: head at %d but no records", ErrChain, h.Seq)
+			case k != nil:
+				seq := binary.BigEndian.Uint64(k)
+				if seq != h.Seq || RecordHash(v) != h.Hash {
+					return fmt.Errorf("%w: last record %d does not match the signed head %d", ErrChain, seq, h.Seq)
+				}
+			}
+			if meta.Get(keyHead) == nil {
+				h = l.sign(0, Hash{})
+				if err := meta.Put(keyHead, l.encodeHead(h)); err != nil {
+					return err
+				}
+			}
+			l.head = h
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("opening audit log: %w", err)
@@ -352,13 +364,51 @@ func (l *Log) Append(ctx context.Context, ev Event) (uint64, error) {
 	}
 }
 
+// Err returns why appends fail, or nil while they succeed. A log whose
+// appends fail cannot record decisions, so the KMS releases no key: its
+// health check reports not ready with this error.
+func (l *Log) Err() error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.failed
+}
+
+func (l *Log) setFailed(err error) {
+	l.mu.Lock()
+	l.failed = err
+	l.mu.Unlock()
+}
+
+// probe rewrites the head in a transaction of its own: it succeeds once
+// the database can take a commit again.
+func (l *Log) probe() {
+	l.mu.RLock()
+	head := l.head
+	l.mu.RUnlock()
+	err := guard(func() error {
+		return l.db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketMeta).Put(keyHead, l.encodeHead(head))
+		})
+	})
+	if err == nil {
+		l.log.Info("audit log takes commits again")
+	}
+	l.setFailed(err)
+}
+
 // Run is the single writer: it commits queued appends in batches until ctx
 // ends, then fails what is still queued with ErrClosed and returns nil.
 func (l *Log) Run(ctx context.Context) error {
 	defer l.stopOnce.Do(func() { close(l.stopped) })
 	batch := make([]*appendReq, 0, l.cfg.MaxBatch)
+	probe := time.NewTicker(probeInterval)
+	defer probe.Stop()
 	for {
 		select {
+		case <-probe.C:
+			if l.Err() != nil {
+				l.probe()
+			}
 		case <-ctx.Done():
 			l.stopOnce.Do(func() { close(l.stopped) })
 			for {
@@ -392,26 +442,31 @@ func (l *Log) commit(batch []*appendReq) {
 	l.mu.RUnlock()
 	seqs := make([]uint64, len(batch))
 	var newHead Head
-	err := l.db.Update(func(tx *bolt.Tx) error {
-		recs := tx.Bucket(bucketRecords)
-		seq, prev := head.Seq, head.Hash
-		for i, r := range batch {
-			seq++
-			js, err := json.Marshal(Record{Seq: seq, Prev: prev.String(), Event: r.ev})
-			if err != nil {
-				return err
+	err := guard(func() error {
+		return l.db.Update(func(tx *bolt.Tx) error {
+			recs := tx.Bucket(bucketRecords)
+			seq, prev := head.Seq, head.Hash
+			for i, r := range batch {
+				seq++
+				js, err := json.Marshal(Record{Seq: seq, Prev: prev.String(), Event: r.ev})
+				if err != nil {
+					return err
+				}
+				if err := recs.Put(binary.BigEndian.AppendUint64(nil, seq), js); err != nil {
+					return err
+				}
+				prev = RecordHash(js)
+				seqs[i] = seq
 			}
-			if err := recs.Put(binary.BigEndian.AppendUint64(nil, seq), js); err != nil {
-				return err
-			}
-			prev = RecordHash(js)
-			seqs[i] = seq
-		}
-		newHead = l.sign(seq, prev)
-		return tx.Bucket(bucketMeta).Put(keyHead, l.encodeHead(newHead))
+			newHead = l.sign(seq, prev)
+			return tx.Bucket(bucketMeta).Put(keyHead, l.encodeHead(newHead))
+		})
 	})
 	if err != nil {
-		l.log.Error("audit commit failed; decisions in this batch are refused", "records", len(batch), "err", err)
+		if l.Err() == nil {
+			l.log.Error("audit commit failed; no key is released until commits succeed again", "records", len(batch), "err", err)
+		}
+		l.setFailed(err)
 		for _, r := range batch {
 			r.done <- appendRes{err: fmt.Errorf("committing audit records: %w", err)}
 		}
@@ -419,6 +474,10 @@ func (l *Log) commit(batch []*appendReq) {
 	}
 	l.mu.Lock()
 	l.head = newHead
+	if l.failed != nil {
+		l.log.Info("audit log takes commits again")
+	}
+	l.failed = nil
 	l.mu.Unlock()
 	// Count the commit before acknowledging it, so a writer that saw its
 	// record acknowledged also sees it in the metrics.
@@ -446,26 +505,32 @@ func ReadPage(db *bolt.DB, after uint64, limit int) (*Page, error) {
 		limit = MaxPage
 	}
 	p := &Page{Entries: []Entry{}}
-	err := db.View(func(tx *bolt.Tx) error {
-		recs, meta := tx.Bucket(bucketRecords), tx.Bucket(bucketMeta)
-		if recs == nil || meta == nil {
-			return errors.New("no audit log in this database")
-		}
-		sh, err := decodeSignedHead(meta.Get(keyHead))
-		if err != nil {
-			return fmt.Errorf("reading head: %w", err)
-		}
-		sh.PublicKeyB64 = base64.StdEncoding.EncodeToString(meta.Get(keyPublicKey))
-		p.Head = sh
-		c := recs.Cursor()
-		var last uint64 = after
-		for k, v := c.Seek(binary.BigEndian.AppendUint64(nil, after+1)); k != nil && len(p.Entries) < limit; k, v = c.Next() {
-			seq := binary.BigEndian.Uint64(k)
-			p.Entries = append(p.Entries, Entry{Seq: seq, Hash: RecordHash(v).String(), Record: bytes.Clone(v)})
-			last = seq
-		}
-		p.More = last < sh.Seq
-		return nil
+	err := guard(func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			recs, meta := tx.Bucket(bucketRecords), tx.Bucket(bucketMeta)
+			if recs == nil || meta == nil {
+				return errors.New("no audit log in this database")
+			}
+			sh, err := decodeSignedHead(meta.Get(keyHead))
+			if err != nil {
+				return fmt.Errorf("reading head: %w", err)
+			}
+			sh.PublicKeyB64 = base64.StdEncoding.EncodeToString(meta.Get(keyPublicKey))
+			p.Head = sh
+			p.More = after < sh.Seq
+			if after == math.MaxUint64 {
+				return nil // nothing follows the last sequence number (after+1 would wrap to 0)
+			}
+			c := recs.Cursor()
+			var last uint64 = after
+			for k, v := c.Seek(binary.BigEndian.AppendUint64(nil, after+1)); k != nil && len(p.Entries) < limit; k, v = c.Next() {
+				seq := binary.BigEndian.Uint64(k)
+				p.Entries = append(p.Entries, Entry{Seq: seq, Hash: RecordHash(v).String(), Record: bytes.Clone(v)})
+				last = seq
+			}
+			p.More = last < sh.Seq
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("reading audit log: %w", err)
@@ -551,4 +616,17 @@ func VerifyPages(fetch func(after uint64) (*Page, error), pub ed25519.PublicKey)
 			return v, Head{}, fmt.Errorf("%w: no records after %d, but the head is at %d", ErrChain, v.seq, p.Head.Seq)
 		}
 	}
+}
+
+// guard runs f and turns a panic into an error wrapping ErrCorrupt. bbolt
+// panics, rather than failing, when it meets a damaged page (a bad page type
+// or an out-of-range page id); a corrupt kms.db must stop the KMS with a
+// clear error, not a stack trace.
+func guard(f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w (restore kms.db from a backup, and check it with `fleetbox kms audit verify --state`): %v", ErrCorrupt, r)
+		}
+	}()
+	return f()
 }
