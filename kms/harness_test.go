@@ -93,6 +93,8 @@ type harnessOpts struct {
 	stateMaxSize int
 	// logger, if set, receives the server's text log.
 	logger io.Writer
+	// witness is Config.AuditWitness.
+	witness string
 }
 
 // noLimits switches every per-client limit off.
@@ -183,6 +185,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		MaxPendingChallenges: o.maxPending,
 		Limits:               limits,
 		StateMaxSize:         o.stateMaxSize,
+		AuditWitness:         o.witness,
 		Logger:               logger,
 		Now:                  h.clock.Now,
 		ExpectedEvents:       o.expectedEvents,

@@ -73,6 +73,10 @@ type Config struct {
 	Limits Limits
 	// AuditMaxBatch bounds records per audit commit. Zero: 512.
 	AuditMaxBatch int
+	// AuditWitness, if set, is a file on another volume that holds the
+	// newest signed audit head; the KMS refuses to start when its log ends
+	// below it (a restored older kms.db, a damaged meta page). Empty: none.
+	AuditWitness string
 	// StateMaxSize caps kms.db in bytes (bbolt's MaxSize): past it every
 	// append fails, as on a full disk, and /health says so. Zero: no cap.
 	StateMaxSize int
@@ -171,7 +175,7 @@ func NewServer(cfg Config) (*Server, error) {
 	s.ch = newChallenges(cfg.ChallengeTTL, cfg.MaxPendingChallenges, s.limits.PendingPerAddress, cfg.Now)
 	s.m = newMetrics(cfg.Registry, func() float64 { return float64(s.ch.count()) })
 	s.audit, err = audit.Open(audit.Config{
-		DB: db, Signer: signer, MaxBatch: cfg.AuditMaxBatch, Now: cfg.Now, Logger: lg,
+		DB: db, Signer: signer, MaxBatch: cfg.AuditMaxBatch, Now: cfg.Now, Logger: lg, Witness: cfg.AuditWitness,
 		OnCommit: func(n int, d time.Duration) {
 			s.m.auditBatch.Observe(float64(n))
 			s.m.auditCommit.Observe(d.Seconds())

@@ -71,7 +71,8 @@ func TestKMSCommands(t *testing.T) {
 		t.Fatalf("sealed get-key: exit %d %s", code, stderr)
 	}
 	out := filepath.Join(dir, "key.bin")
-	if code, _, stderr := getKey(imageA, "--out", out); code != exitOK {
+	receipt := filepath.Join(dir, "receipt.json")
+	if code, _, stderr := getKey(imageA, "--out", out, "--receipt", receipt); code != exitOK {
 		t.Fatalf("get-key --out: %d %s", code, stderr)
 	}
 	if b, _ := os.ReadFile(out); len(b) != 32 {
@@ -124,6 +125,18 @@ func TestKMSCommands(t *testing.T) {
 	json.Unmarshal([]byte(stdout), &sum2)
 	if code != exitOK || sum2.Records < sum.Records || !sum2.Pinned {
 		t.Fatalf("audit verify --state: exit %d %s %s", code, stdout, stderr)
+	}
+	// The log still holds the grant the receipt names; a receipt naming
+	// another record does not verify (bad input).
+	if code, stdout, stderr := runCLI(t, "kms", "audit", "verify", "--state", state, "--receipt", receipt); code != exitOK {
+		t.Fatalf("audit verify --receipt: exit %d %s %s", code, stdout, stderr)
+	}
+	rb, _ := os.ReadFile(receipt)
+	if err := os.WriteFile(receipt, bytes.Replace(rb, []byte(`"auditSeq": `), []byte(`"auditSeq": 1`), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCLI(t, "kms", "audit", "verify", "--state", state, "--receipt", receipt); code != exitUsage || !strings.Contains(stderr, "not signed") {
+		t.Fatalf("audit verify with a changed receipt: exit %d %s", code, stderr)
 	}
 }
 

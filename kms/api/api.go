@@ -6,9 +6,11 @@
 package api
 
 import (
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -419,7 +421,10 @@ const ResponseDomain = "fleetbox/kms/get-key-response/v1"
 // big-endian), and SHA-256 of the delivered key material as sent (the 32 key
 // bytes, or the HPKE ciphertext).
 func ResponseMessage(challengeID, peerID, profile, instanceID string, auditSeq uint64, delivered []byte) []byte {
-	h := sha256.Sum256(delivered)
+	return responseMessage(challengeID, peerID, profile, instanceID, auditSeq, sha256.Sum256(delivered))
+}
+
+func responseMessage(challengeID, peerID, profile, instanceID string, auditSeq uint64, h [32]byte) []byte {
 	out := make([]byte, 0, len(ResponseDomain)+1+4*4+len(challengeID)+len(peerID)+len(profile)+len(instanceID)+8+32)
 	out = append(out, ResponseDomain...)
 	out = append(out, 0)
@@ -474,3 +479,52 @@ func SealInfo(profile, peerID string) []byte {
 // HPKE suite for sealed keys (RFC 9180): DHKEM(X25519, HKDF-SHA256),
 // HKDF-SHA256, ChaCha20-Poly1305.
 const SealSuite = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/ChaCha20Poly1305"
+
+// Receipt is what a /get-key answer's signature covers, without the key: a
+// node keeps it to prove later that the KMS recorded its grant at AuditSeq.
+// `fleetbox kms audit verify --receipt FILE` fails when the log no longer
+// holds that grant (the log was rolled back). DeliveredSHA256 is SHA-256 of
+// the key material as sent (the key bytes, or the HPKE ciphertext).
+type Receipt struct {
+	ChallengeID     string `json:"challengeId"`
+	PeerID          string `json:"peerId"`
+	Profile         string `json:"profile"`
+	InstanceID      string `json:"instanceId,omitempty"`
+	AuditSeq        uint64 `json:"auditSeq"`
+	DeliveredSHA256 string `json:"deliveredSha256"`
+	SignatureB64    string `json:"signatureB64"`
+}
+
+// MaxReceiptSize bounds a receipt file.
+const MaxReceiptSize = 4096
+
+// NewReceipt builds the receipt of an answer.
+func NewReceipt(challengeID, peerID, instanceID string, resp *GetKeyResponse, delivered []byte) Receipt {
+	h := sha256.Sum256(delivered)
+	return Receipt{
+		ChallengeID: challengeID, PeerID: peerID, Profile: resp.Profile, InstanceID: instanceID,
+		AuditSeq: resp.AuditSeq, DeliveredSHA256: hex.EncodeToString(h[:]), SignatureB64: resp.SignatureB64,
+	}
+}
+
+// ParseReceipt decodes a receipt strictly and checks its signature by the
+// KMS key pub.
+func ParseReceipt(data []byte, pub ed25519.PublicKey) (*Receipt, error) {
+	if len(data) > MaxReceiptSize {
+		return nil, fmt.Errorf("receipt: %d bytes exceeds the %d-byte limit", len(data), MaxReceiptSize)
+	}
+	var r Receipt
+	if err := strictjson.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("receipt: %w", err)
+	}
+	hb, err := hex.DecodeString(r.DeliveredSHA256)
+	if err != nil || len(hb) != sha256.Size {
+		return nil, errors.New("receipt: deliveredSha256 is not 32 hex bytes")
+	}
+	sig, err := base64.StdEncoding.DecodeString(r.SignatureB64)
+	if err != nil || len(pub) != ed25519.PublicKeySize ||
+		!ed25519.Verify(pub, responseMessage(r.ChallengeID, r.PeerID, r.Profile, r.InstanceID, r.AuditSeq, [32]byte(hb)), sig) {
+		return nil, errors.New("receipt: not signed by the KMS key")
+	}
+	return &r, nil
+}

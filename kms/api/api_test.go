@@ -196,3 +196,21 @@ func FuzzDecodeAttestRequest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseReceipt: a receipt file is untrusted input to audit verify.
+func FuzzParseReceipt(f *testing.F) {
+	pub := sk.Public().(ed25519.PublicKey)
+	good, _ := json.Marshal(api.NewReceipt("c", peerText(f), "", &api.GetKeyResponse{Profile: "p", AuditSeq: 3,
+		SignatureB64: base64.StdEncoding.EncodeToString(ed25519.Sign(sk, api.ResponseMessage("c", peerText(f), "p", "", 3, []byte("k"))))}, []byte("k")))
+	if _, err := api.ParseReceipt(good, pub); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte(`{"auditSeq":1,"auditSeq":2}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := api.ParseReceipt(b, pub)
+		if err == nil && r.AuditSeq != 3 {
+			t.Fatalf("a receipt the key never signed verified: %+v", r)
+		}
+	})
+}

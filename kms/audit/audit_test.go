@@ -171,7 +171,9 @@ func TestTamperingIsDetected(t *testing.T) {
 			if !errors.Is(verr, audit.ErrChain) {
 				t.Errorf("verify: %v", verr)
 			}
-			if name == "last record deleted" && !errors.Is(oerr, audit.ErrChain) {
+			// Start-up walks the chain, so a record changed or missing in
+			// the middle stops it too (it used to check the last one only).
+			if !errors.Is(oerr, audit.ErrChain) {
 				t.Errorf("open: %v", oerr)
 			}
 		})

@@ -269,6 +269,10 @@ type Key struct {
 	AuditSeq uint64
 	// Sealed is true when it arrived HPKE-sealed.
 	Sealed bool
+	// Receipt is the answer's signed facts without the key: keep it to
+	// prove later that the KMS recorded this grant (`fleetbox kms audit
+	// verify --receipt`).
+	Receipt api.Receipt
 }
 
 // Bytes returns a copy of the key.
@@ -368,12 +372,14 @@ func (c *Client) getKeyOnce(ctx context.Context) (*Key, error) {
 		}
 		copy(k.b[:], pt)
 		clear(pt)
+		k.Receipt = api.NewReceipt(ch.ChallengeID, idText, c.cfg.InstanceID, &resp, ct)
 	default:
 		b, err := hex.DecodeString(resp.Key)
 		if err != nil || len(b) != api.KeySize {
 			return nil, &permanentError{errors.New("get-key: key is not 32 bytes of hex")}
 		}
 		copy(k.b[:], b)
+		k.Receipt = api.NewReceipt(ch.ChallengeID, idText, c.cfg.InstanceID, &resp, b)
 		clear(b)
 	}
 	return k, nil
