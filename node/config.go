@@ -12,6 +12,7 @@ import (
 
 	"github.com/fleetbox/fleetbox/internal/atomicfile"
 	"github.com/fleetbox/fleetbox/internal/strictjson"
+	"github.com/fleetbox/fleetbox/node/governance"
 )
 
 // Files in a node's home directory.
@@ -121,6 +122,9 @@ type Config struct {
 	InsecureDevKey bool
 	// NoSync skips fdatasync in the store (tests and benchmarks only).
 	NoSync bool
+	// Pending bounds each namespace's queue of ops waiting for parents;
+	// zero fields mean governance's defaults.
+	Pending governance.PendingLimits
 	// Fleet configures fleet-join and the checking of other replicas.
 	Fleet FleetConfig
 	// Version is reported by the status route.

@@ -48,12 +48,16 @@ func (a *engineAdapter) Known(ns p2p.NamespaceID, id p2p.OpID) (applied, pending
 }
 
 func (a *engineAdapter) Apply(ctx context.Context, ns p2p.NamespaceID, wires [][]byte) (p2p.ApplyResult, error) {
+	if p, ok := p2p.OriginFrom(ctx); ok {
+		ctx = governance.WithOrigin(ctx, p.String())
+	}
 	r, err := a.eng.Apply(ctx, governance.NamespaceID(ns), wires)
 	return p2p.ApplyResult{
 		Applied:      r.Applied,
 		Duplicate:    r.Duplicate,
 		Pending:      r.Pending,
 		Refused:      r.Refused,
+		LocalRefused: r.LocalRefused,
 		FirstRefusal: r.FirstRefusal,
 		Missing:      opIDs[governance.OpID, p2p.OpID](r.Missing),
 	}, nsErr(err)
@@ -74,7 +78,7 @@ func (a *engineAdapter) OpsMissing(ns p2p.NamespaceID, known []p2p.OpID, fn func
 }
 
 func (n *Node) openEngine(st *store.Store) (*governance.Engine, error) {
-	eng, err := governance.New(governance.Config{Store: st, Logger: n.log.With("component", "governance"), Registerer: n.reg})
+	eng, err := governance.New(governance.Config{Store: st, Logger: n.log.With("component", "governance"), Registerer: n.reg, Pending: n.cfg.Pending})
 	if err != nil {
 		return nil, fmt.Errorf("starting governance: %w", err)
 	}

@@ -171,10 +171,16 @@ func outsider(t testing.TB) (ed25519.PrivateKey, governance.MemberKeys) {
 // node 0 create a namespace and add every other node as Admin.
 func setup(t *testing.T, count int) ([]*tnode, governance.NamespaceID) {
 	t.Helper()
+	return setupWith(t, count, nil)
+}
+
+// setupWith is setup with a change to every node's config.
+func setupWith(t *testing.T, count int, mod func(*Config)) ([]*tnode, governance.NamespaceID) {
+	t.Helper()
 	ctx := context.Background()
 	nodes := make([]*tnode, count)
 	for i := range nodes {
-		nodes[i] = startNode(t, fmt.Sprint(i), newHome(t))
+		nodes[i] = startNodeWith(t, fmt.Sprint(i), newHome(t), mod)
 		if i > 0 {
 			connect(t, nodes[i], nodes[i-1])
 		}

@@ -251,9 +251,12 @@ var (
 	// ErrParentRefused: a parent was refused, so this op can never apply.
 	ErrParentRefused = errors.New("governance: parent op was refused")
 	ErrPendingFull   = errors.New("governance: pending queue full")
-	ErrNoKey         = errors.New("governance: group key not held")
-	ErrNoIdentity    = errors.New("governance: no namespace identity")
-	ErrClosed        = errors.New("governance: engine closed")
+	// ErrPendingQuota: the op's signer or sender has its share of the
+	// pending queue.
+	ErrPendingQuota = errors.New("governance: pending-queue quota of the signer or sender reached")
+	ErrNoKey        = errors.New("governance: group key not held")
+	ErrNoIdentity   = errors.New("governance: no namespace identity")
+	ErrClosed       = errors.New("governance: engine closed")
 )
 
 // Reason is a refusal reason, the label of the refused-ops counter.
@@ -272,7 +275,17 @@ const (
 	ReasonInvalid      Reason = "invalid"
 	ReasonParent       Reason = "parent_refused"
 	ReasonPendingFull  Reason = "pending_full"
+	ReasonPendingQuota Reason = "pending_quota"
+	// ReasonPendingExpired counts ops dropped from the pending queue after
+	// waiting longer than the age limit.
+	ReasonPendingExpired Reason = "pending_expired"
 )
+
+// Local reports whether a refusal is about this node's state rather than the
+// op: another node may accept the op, so its forwarder is not at fault.
+func (r Reason) Local() bool {
+	return r == ReasonPendingFull || r == ReasonPendingQuota || r == ReasonPendingExpired
+}
 
 // RefusedError says why an op was refused. errors.Is matches its Err.
 type RefusedError struct {

@@ -547,8 +547,7 @@ func (n *Network) TopicPeers(ns NamespaceID) []peer.ID {
 
 // validatorData is what the validator hands the reader of a message.
 type validatorData struct {
-	env     *Envelope
-	missing bool // the op waits for parents
+	env *Envelope
 }
 
 func (n *Network) validator(ns NamespaceID) pubsub.ValidatorEx {
@@ -603,15 +602,30 @@ func (n *Network) validate(ctx context.Context, ns NamespaceID, m *pubsub.Messag
 	if applied, pending, err := n.cfg.Engine.Known(ns, id); err == nil && (applied || pending) {
 		return pubsub.ValidationIgnore, kind
 	}
-	res, err := n.cfg.Engine.Apply(ctx, ns, [][]byte{e.Op})
+	res, err := n.cfg.Engine.Apply(WithOrigin(ctx, m.ReceivedFrom), ns, [][]byte{e.Op})
 	if err != nil {
 		n.log.Warn("applying gossiped op", "namespace", ns, "op", id, "err", err)
 		return pubsub.ValidationIgnore, kind
 	}
-	if res.Refused > 0 {
+	if res.Refused > res.LocalRefused {
 		n.countRefused("gossip", res.Refused)
 		n.log.Info("refused gossiped op", "namespace", ns, "op", id, "from", m.ReceivedFrom, "reason", res.FirstRefusal)
 		return pubsub.ValidationReject, kind
+	}
+	if res.Refused > 0 {
+		// This node's queue state (full, a quota), not the op's fault:
+		// dropped without penalizing the forwarder, which may well be an
+		// honest peer passing on what it accepted.
+		n.countRefused("gossip", res.Refused)
+		n.log.Debug("gossiped op not taken here", "namespace", ns, "op", id, "from", m.ReceivedFrom, "reason", res.FirstRefusal)
+		return pubsub.ValidationIgnore, kind
+	}
+	if res.Pending > 0 {
+		// Its parents are missing: not forwarded until it is valid (an
+		// outsider can sign ops naming parents that do not exist), and a
+		// sync from the sender fetches this op's own parents.
+		n.requestSync(ns, m.ReceivedFrom)
+		return pubsub.ValidationIgnore, kind
 	}
 	if res.Applied > 0 {
 		n.metrics.opsGossiped.Add(float64(res.Applied))
@@ -619,7 +633,7 @@ func (n *Network) validate(ctx context.Context, ns NamespaceID, m *pubsub.Messag
 			n.cfg.OnApplied(ns, res.Applied)
 		}
 	}
-	m.ValidatorData = &validatorData{env: e, missing: res.Pending > 0 || len(res.Missing) > 0}
+	m.ValidatorData = &validatorData{env: e}
 	return pubsub.ValidationAccept, kind
 }
 
@@ -635,13 +649,6 @@ func (n *Network) readLoop(ctx context.Context, ns NamespaceID, sub *pubsub.Subs
 			continue
 		}
 		switch vd.env.Kind {
-		case KindOp:
-			if vd.missing {
-				n.requestSync(ns, m.ReceivedFrom)
-				if a := m.GetFrom(); a != m.ReceivedFrom && a != self {
-					n.requestSync(ns, a)
-				}
-			}
 		case KindHeartbeat:
 			// A head that is not applied here (unknown, or pending for
 			// want of parents) means the peer has ops this node lacks:
