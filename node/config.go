@@ -135,6 +135,20 @@ type Config struct {
 // ErrNotInitialized means the home directory has no identity yet.
 var ErrNotInitialized = errors.New("node home is not initialized (run `fleetbox node init --home DIR`)")
 
+// CheckAdminAddr refuses an admin API address that is not loopback: the
+// API holds the node's keys' power behind one bearer token.
+func CheckAdminAddr(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("node: admin address %q: %w", addr, err)
+	}
+	ip := net.ParseIP(host)
+	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("node: admin address %q is not a loopback address", addr)
+	}
+	return nil
+}
+
 func (c *Config) check() error {
 	if c.Home == "" {
 		return errors.New("node: config needs a home directory")
@@ -142,13 +156,8 @@ func (c *Config) check() error {
 	if c.AdminAddr == "" {
 		c.AdminAddr = DefaultAdminAddr
 	}
-	host, _, err := net.SplitHostPort(c.AdminAddr)
-	if err != nil {
-		return fmt.Errorf("node: admin address %q: %w", c.AdminAddr, err)
-	}
-	ip := net.ParseIP(host)
-	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("node: admin address %q is not a loopback address", c.AdminAddr)
+	if err := CheckAdminAddr(c.AdminAddr); err != nil {
+		return err
 	}
 	if c.HeartbeatInterval < 0 {
 		return errors.New("node: negative heartbeat interval")

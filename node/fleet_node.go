@@ -419,25 +419,7 @@ func (f *fleetState) onApplied(ns governance.NamespaceID) {
 	if err != nil || st.Incomplete {
 		return
 	}
-	f.mu.Lock()
-	was := f.admitted[ns]
-	prevGroups := f.groups[ns]
-	if st.Admitted && st.Member {
-		f.admitted[ns] = true
-	}
-	f.groups[ns] = st.Groups
-	f.mu.Unlock()
-	var targets []selfpurge.Target
-	if was && st.Admitted && !st.Member {
-		targets = append(targets, selfpurge.Target{Namespace: ns})
-	} else if st.Member {
-		for _, g := range prevGroups {
-			if g != ns.Root() && !containsGroup(st.Groups, g) {
-				targets = append(targets, selfpurge.Target{Namespace: ns, Group: g})
-			}
-		}
-	}
-	for _, t := range targets {
+	for _, t := range f.purgeTargets(ns, *st) {
 		select {
 		case f.events <- t:
 		default:
@@ -445,6 +427,35 @@ func (f *fleetState) onApplied(ns governance.NamespaceID) {
 			f.n.log.Warn("self-purge event dropped; the next reconcile sweep will purge", "target", t.String())
 		}
 	}
+}
+
+// purgeTargets decides, from the standing st just applied, what to purge,
+// and records the standing so that the next call sees it. Gossip and sync
+// both apply ops and call onApplied, so the eviction is acted on once: the
+// namespace leaves f.admitted when its purge is queued (before, both paths
+// queued the same purge).
+func (f *fleetState) purgeTargets(ns governance.NamespaceID, st governance.TeeStatus) []selfpurge.Target {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	was := f.admitted[ns]
+	prevGroups := f.groups[ns]
+	f.groups[ns] = st.Groups
+	switch {
+	case st.Admitted && st.Member:
+		f.admitted[ns] = true
+	case was && st.Admitted:
+		delete(f.admitted, ns)
+		return []selfpurge.Target{{Namespace: ns}}
+	}
+	var targets []selfpurge.Target
+	if st.Member {
+		for _, g := range prevGroups {
+			if g != ns.Root() && !containsGroup(st.Groups, g) {
+				targets = append(targets, selfpurge.Target{Namespace: ns, Group: g})
+			}
+		}
+	}
+	return targets
 }
 
 func containsNS(list []governance.NamespaceID, ns governance.NamespaceID) bool {
