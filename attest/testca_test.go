@@ -73,7 +73,9 @@ func TestTestCAQEAndModuleStatus(t *testing.T) {
 		"qe out of date":          {qesvn: 4, svn: attest.TeeTcbSvn{3}, status: attest.TcbOutOfDate},
 		"tdx 1.5 module current":  {qesvn: 8, svn: attest.TeeTcbSvn{2, 1}, status: attest.TcbUpToDate, module: attest.TcbUpToDate},
 		"tdx 1.5 module outdated": {qesvn: 8, svn: attest.TeeTcbSvn{1, 1}, status: attest.TcbOutOfDate, module: attest.TcbOutOfDate},
-		"tdx 1.5 unknown module":  {qesvn: 8, svn: attest.TeeTcbSvn{2, 7}, status: attest.TcbNoMatchingLevel},
+		// As in Intel's QVL (TDX_MODULE_MISMATCH): no identity to check
+		// MRSIGNERSEAM against, so the quote does not match its collateral.
+		"tdx 1.5 unknown module":  {qesvn: 8, svn: attest.TeeTcbSvn{2, 7}},
 		"tdx 1.0 ignores modules": {qesvn: 8, svn: attest.TeeTcbSvn{1, 0}, status: attest.TcbUpToDate},
 		"qe at the oldest level":  {qesvn: 0, svn: attest.TeeTcbSvn{3}, status: attest.TcbOutOfDate},
 	}
@@ -87,6 +89,12 @@ func TestTestCAQEAndModuleStatus(t *testing.T) {
 			svn := tc.svn
 			raw := p.Quote(t, attesttest.QuoteOptions{TeeTcbSvn: &svn})
 			verdict, err := v.Verify(ctx, raw)
+			if tc.status == "" {
+				if !errors.Is(err, attest.ErrPlatformMismatch) {
+					t.Fatalf("verify: %v, want ErrPlatformMismatch", err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,5 +186,39 @@ func TestGoTdxGuestAcceptsTestCAQuotes(t *testing.T) {
 	}
 	if err := verify.RawTdxQuote(raw, &verify.Options{Now: ts}); err == nil {
 		t.Fatal("go-tdx-guest accepted a test-CA quote under the Intel root")
+	}
+}
+
+// The TDX module is checked against the identity of its own major version
+// (TDX_<major>) and must have zero SEAMATTRIBUTES, as in Intel's QVL; before,
+// a TDX 1.5 module was checked against the top-level tdxModule only, and
+// SEAMATTRIBUTES were only compared under the collateral's mask.
+func TestTDXModuleIdentityChecks(t *testing.T) {
+	ca := attesttest.NewCA(t)
+	p := ca.NewPlatform(t, attesttest.DefaultPlatform)
+	other := [48]byte{0xee}
+	tdx15 := attest.TeeTcbSvn{2, 1}
+	cases := map[string]struct {
+		coll attesttest.CollateralOptions
+		q    attesttest.QuoteOptions
+		ok   bool
+	}{
+		"tdx 1.5, module identity's signer":    {q: attesttest.QuoteOptions{TeeTcbSvn: &tdx15}, ok: true},
+		"tdx 1.5, another module signer":       {coll: attesttest.CollateralOptions{ModuleSigner: &other}, q: attesttest.QuoteOptions{TeeTcbSvn: &tdx15}},
+		"tdx 1.0 ignores module identities":    {coll: attesttest.CollateralOptions{ModuleSigner: &other}, ok: true},
+		"seam attributes outside the mask":     {coll: attesttest.CollateralOptions{ModuleAttributesMask: "0000000000000000"}, q: attesttest.QuoteOptions{SeamAttributes: [8]byte{1}}},
+		"tdx 1.5 seam attributes outside mask": {coll: attesttest.CollateralOptions{ModuleAttributesMask: "0000000000000000"}, q: attesttest.QuoteOptions{TeeTcbSvn: &tdx15, SeamAttributes: [8]byte{0, 0, 0, 0, 0, 0, 0, 0x80}}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			v := attest.NewVerifier(ca.VerifierConfig(attest.StaticCollateral{C: ca.Collateral(t, tc.coll)}, now))
+			_, err := v.Verify(context.Background(), p.Quote(t, tc.q))
+			if tc.ok && err != nil {
+				t.Fatal(err)
+			}
+			if !tc.ok && !errors.Is(err, attest.ErrPlatformMismatch) {
+				t.Fatalf("verify: %v, want ErrPlatformMismatch", err)
+			}
+		})
 	}
 }

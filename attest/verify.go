@@ -624,12 +624,8 @@ func judgeTcb(verdict *Verdict, q *Quote, ch *pckChain, c *Collateral, qe *pb.En
 	case *pb.QuoteV5:
 		body = p.GetTdQuoteBodyDescriptor().GetTdQuoteBodyV5()
 	}
-	if !bytes.Equal(ti.TdxModule.Mrsigner.Bytes, body.GetMrSignerSeam()) {
-		return fmt.Errorf("%w: MRSIGNERSEAM %x is not tcbInfo's TDX module signer %x", ErrPlatformMismatch, body.GetMrSignerSeam(), ti.TdxModule.Mrsigner.Bytes)
-	}
-	attrs := body.GetSeamAttributes()
-	if len(ti.TdxModule.AttributesMask.Bytes) != len(attrs) || !bytes.Equal(mask(attrs, ti.TdxModule.AttributesMask.Bytes), ti.TdxModule.Attributes.Bytes) {
-		return fmt.Errorf("%w: SEAMATTRIBUTES %x do not match tcbInfo's TDX module attributes", ErrPlatformMismatch, attrs)
+	if err := checkSeam(ti, q.TeeTcbSvn, body); err != nil {
+		return err
 	}
 	if err := checkQEIdentity(qe, &c.QeIdentity); err != nil {
 		return err
@@ -672,6 +668,42 @@ func judgeTcb(verdict *Verdict, q *Quote, ch *pckChain, c *Collateral, qe *pb.En
 		status = convergeStatus(status, verdict.QeTcbStatus)
 	}
 	verdict.TcbStatus = status
+	return nil
+}
+
+// checkSeam checks the TDX module that made the quote against the TCB Info:
+// for a TDX 1.5 module (TEE_TCB_SVN[1] > 0) against the matching
+// tdxModuleIdentities entry, TDX_<major>, otherwise against the top-level
+// tdxModule; MRSIGNERSEAM must equal its mrsigner and the masked
+// SEAMATTRIBUTES its attributes. SEAMATTRIBUTES must be zero in any case,
+// as in Intel's reference QVL (no production TDX module sets any).
+func checkSeam(ti *pcs.TcbInfo, svn TeeTcbSvn, body seamProvider) error {
+	signer, attrs, attrMask := ti.TdxModule.Mrsigner.Bytes, ti.TdxModule.Attributes.Bytes, ti.TdxModule.AttributesMask.Bytes
+	what := "tcbInfo's tdxModule"
+	if svn[1] > 0 {
+		id := fmt.Sprintf("TDX_%02X", svn[1])
+		found := false
+		for _, m := range ti.TdxModuleIdentities {
+			if strings.EqualFold(m.ID, id) {
+				signer, attrs, attrMask, found = m.Mrsigner.Bytes, m.Attributes.Bytes, m.AttributesMask.Bytes, true
+				break
+			}
+		}
+		if !found {
+			return fmt.Errorf("%w: tcbInfo has no TDX module identity %s for TEE_TCB_SVN[1] = %d", ErrPlatformMismatch, id, svn[1])
+		}
+		what = "tcbInfo's TDX module identity " + id
+	}
+	if !bytes.Equal(signer, body.GetMrSignerSeam()) {
+		return fmt.Errorf("%w: MRSIGNERSEAM %x is not the signer %x of %s", ErrPlatformMismatch, body.GetMrSignerSeam(), signer, what)
+	}
+	sa := body.GetSeamAttributes()
+	if len(attrMask) != len(sa) || !bytes.Equal(mask(sa, attrMask), attrs) {
+		return fmt.Errorf("%w: SEAMATTRIBUTES %x do not match the attributes of %s", ErrPlatformMismatch, sa, what)
+	}
+	if !bytes.Equal(sa, make([]byte, len(sa))) {
+		return fmt.Errorf("%w: SEAMATTRIBUTES %x are not zero", ErrPlatformMismatch, sa)
+	}
 	return nil
 }
 

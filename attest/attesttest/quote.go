@@ -88,6 +88,8 @@ type QuoteOptions struct {
 	TDAttributes attest.TDAttributes
 	// TeeTcbSvn defaults to {3} (TDX 1.0 module, TEE_TCB_SVN[1] == 0).
 	TeeTcbSvn *attest.TeeTcbSvn
+	// SeamAttributes are the TDX module's attributes (zero on Intel's).
+	SeamAttributes [8]byte
 }
 
 // Quote returns a V4 quote from this platform, signed by its attestation key.
@@ -115,7 +117,7 @@ func (p *Platform) quote(o QuoteOptions) ([]byte, error) {
 	body = append(body, svn[:]...)
 	body = append(body, make([]byte, 48)...)          // MRSEAM
 	body = append(body, MRSignerSeam[:]...)           // MRSIGNERSEAM
-	body = append(body, make([]byte, 8)...)           // SEAMATTRIBUTES
+	body = append(body, o.SeamAttributes[:]...)       // SEAMATTRIBUTES
 	body = append(body, o.TDAttributes[:]...)         // TDATTRIBUTES
 	body = append(body, 0xe7, 0x18, 6, 0, 0, 0, 0, 0) // XFAM
 	body = append(body, o.MRTD[:]...)
