@@ -28,6 +28,34 @@ const MaxCollateralSize = 4 << 20
 // fails closed rather than trust stale revocation and TCB data.
 var ErrCollateralExpired = errors.New("collateral expired")
 
+// ErrCollateralNotYetValid means a piece of collateral (or its signing
+// certificate) is not valid yet at the verification time: a clock behind,
+// or collateral from the future.
+var ErrCollateralNotYetValid = errors.New("collateral not yet valid")
+
+// ErrCollateralPlatform means the collateral is for another platform: its
+// TCB Info's FMSPC or PCE ID is not the PCK certificate's.
+var ErrCollateralPlatform = errors.New("collateral is for another platform")
+
+// CollateralReason names a collateral failure with a stable code, or says
+// "" when err is not one: the collateral, not the quote, is at fault, and
+// the verdict must not read like a forged quote's.
+func CollateralReason(err error) string {
+	switch {
+	case errors.Is(err, ErrCollateralExpired):
+		return "collateral_expired"
+	case errors.Is(err, ErrCollateralNotYetValid):
+		return "collateral_not_yet_valid"
+	case errors.Is(err, ErrCollateralPlatform):
+		return "collateral_fmspc_mismatch"
+	case errors.Is(err, ErrRevocationRequired):
+		return "collateral_no_crls"
+	case errors.Is(err, ErrCollateralUnavailable):
+		return "collateral_unavailable"
+	}
+	return ""
+}
+
 // ErrCollateralUnavailable means no collateral could be had for a platform:
 // none cached and none fetched. It is the verifier's problem, not the
 // quote's, so a service may answer "try again later".

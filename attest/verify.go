@@ -540,7 +540,7 @@ func (cc *checkedCollateral) validAt(at time.Time, crls bool) error {
 	c := cc.c
 	window := func(what string, from, to time.Time) error {
 		if at.Before(from) {
-			return fmt.Errorf("%w: %s is not valid before %s (verification time %s)", ErrCollateralInvalid, what, from.UTC().Format(time.RFC3339), at.Format(time.RFC3339))
+			return fmt.Errorf("%w: %w: %s is not valid before %s (verification time %s)", ErrCollateralInvalid, ErrCollateralNotYetValid, what, from.UTC().Format(time.RFC3339), at.Format(time.RFC3339))
 		}
 		if at.After(to) {
 			return fmt.Errorf("%w: %s nextUpdate %s is before the verification time %s", ErrCollateralExpired, what, to.UTC().Format(time.RFC3339), at.Format(time.RFC3339))
@@ -612,10 +612,10 @@ type seamProvider interface {
 func judgeTcb(verdict *Verdict, q *Quote, ch *pckChain, c *Collateral, qe *pb.EnclaveReport) error {
 	ti := &c.TcbInfo
 	if !strings.EqualFold(ti.Fmspc, ch.ext.FMSPC) {
-		return fmt.Errorf("%w: quote's FMSPC %s, tcbInfo's %s", ErrPlatformMismatch, strings.ToLower(ch.ext.FMSPC), strings.ToLower(ti.Fmspc))
+		return fmt.Errorf("%w: %w: quote's FMSPC %s, tcbInfo's %s", ErrPlatformMismatch, ErrCollateralPlatform, strings.ToLower(ch.ext.FMSPC), strings.ToLower(ti.Fmspc))
 	}
 	if !strings.EqualFold(ti.PceID, ch.ext.PCEID) {
-		return fmt.Errorf("%w: quote's PCEID %s, tcbInfo's %s", ErrPlatformMismatch, ch.ext.PCEID, ti.PceID)
+		return fmt.Errorf("%w: %w: quote's PCEID %s, tcbInfo's %s", ErrPlatformMismatch, ErrCollateralPlatform, ch.ext.PCEID, ti.PceID)
 	}
 	var body seamProvider
 	switch p := q.proto.(type) {

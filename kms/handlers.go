@@ -299,9 +299,15 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 
 	verdict, err := s.cfg.Verifier.VerifyQuoteAt(ctx, q, s.cfg.Now())
 	if err != nil {
-		if errors.Is(err, attest.ErrCollateralExpired) || errors.Is(err, ErrCollateralUnavailable) {
-			s.log.Error("collateral is stale; refusing key releases until it is refreshed", "err", err)
-			return nil, ev, true, refuse(api.CodeCollateralUnavailable, err.Error())
+		code := attest.CollateralReason(err)
+		if errors.Is(err, ErrCollateralUnavailable) {
+			code = api.CodeCollateralUnavailable
+		}
+		if code != "" {
+			// The KMS's collateral is at fault, not the quote: a distinct
+			// code, and 503 so that the node retries.
+			s.log.Error("collateral does not serve; refusing key releases until it does", "reason", code, "err", err)
+			return nil, ev, true, refuse(code, err.Error())
 		}
 		return nil, ev, true, refuse(api.CodeAttestationInvalid, err.Error())
 	}

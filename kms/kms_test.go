@@ -178,7 +178,28 @@ func TestErrorCodes(t *testing.T) {
 				ca, _, _ := testCA(t)
 				return ca.Collateral(t, attesttest.CollateralOptions{Issue: attesttest.Epoch.Add(-48 * time.Hour), Next: attesttest.Epoch.Add(-time.Hour)})
 			}()},
-			code: api.CodeCollateralUnavailable, status: 503,
+			code: api.CodeCollateralExpired, status: 503,
+		},
+		"collateral not yet valid": {
+			opts: harnessOpts{collateral: func() *attest.Collateral {
+				ca, _, _ := testCA(t)
+				return ca.Collateral(t, attesttest.CollateralOptions{Issue: attesttest.Epoch.Add(time.Hour)})
+			}()},
+			code: api.CodeCollateralNotYetValid, status: 503,
+		},
+		"collateral of another platform": {
+			opts: harnessOpts{collateral: func() *attest.Collateral {
+				ca, _, _ := testCA(t)
+				return ca.Collateral(t, attesttest.CollateralOptions{FMSPC: attest.FMSPC{9, 9, 9}})
+			}()},
+			code: api.CodeCollateralFMSPC, status: 503,
+		},
+		"collateral without CRLs": {
+			opts: harnessOpts{collateral: func() *attest.Collateral {
+				ca, _, _ := testCA(t)
+				return ca.Collateral(t, attesttest.CollateralOptions{NoCRLs: true})
+			}()},
+			code: api.CodeCollateralNoCRLs, status: 503,
 		},
 		"no collateral to be had": {
 			opts: harnessOpts{collateralSource: kms.CollateralSource(attest.NewCollateralCache(attest.CollateralCacheConfig{Dir: t.TempDir()}))},

@@ -73,6 +73,12 @@ const (
 	CodeMethodNotAllowed      = "method_not_allowed"
 	CodeUnsupportedMediaType  = "unsupported_media_type"
 	CodeRateLimited           = "rate_limited"
+	// Collateral failures: the KMS's collateral, not the quote, is at fault
+	// (attest.CollateralReason), so clients retry (503).
+	CodeCollateralExpired     = "collateral_expired"
+	CodeCollateralNotYetValid = "collateral_not_yet_valid"
+	CodeCollateralFMSPC       = "collateral_fmspc_mismatch"
+	CodeCollateralNoCRLs      = "collateral_no_crls"
 )
 
 // Status returns the HTTP status for an error code.
@@ -92,7 +98,8 @@ func Status(code string) int {
 		return 415
 	case CodeRateLimited:
 		return 429
-	case CodePolicyNotReady, CodeTooManyChallenges, CodeCollateralUnavailable:
+	case CodePolicyNotReady, CodeTooManyChallenges, CodeCollateralUnavailable,
+		CodeCollateralExpired, CodeCollateralNotYetValid, CodeCollateralFMSPC, CodeCollateralNoCRLs:
 		return 503
 	default:
 		return 500
