@@ -305,7 +305,7 @@ func ReadQuoteFile(path string) (*Quote, error) {
 	}
 	q, err := ParseQuote(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w (read as %s; the forms tried: %s)", path, err, quoteFormOf(data), QuoteFileForms)
 	}
 	return q, nil
 }

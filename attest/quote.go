@@ -212,7 +212,7 @@ func DecodeQuoteFile(data []byte) ([]byte, error) {
 		}
 		return out, nil
 	case isHexText(trimmed):
-		out, err := hex.DecodeString(normalizeHex(string(trimmed)))
+		out, err := hex.DecodeString(normalizeHex(string(stripSpace(trimmed))))
 		if err != nil {
 			return nil, fmt.Errorf("quote file: hex text: %w", err)
 		}
@@ -222,7 +222,41 @@ func DecodeQuoteFile(data []byte) ([]byte, error) {
 	}
 }
 
+// quoteFormOf says which form DecodeQuoteFile read data as.
+func quoteFormOf(data []byte) string {
+	t := bytes.TrimSpace(data)
+	switch {
+	case len(t) == 0:
+		return "nothing"
+	case IsMockQuote(data):
+		return "a mock quote"
+	case t[0] == '[':
+		return "a JSON byte array"
+	case t[0] == '{':
+		return "a JSON object"
+	case isHexText(t):
+		return "hex text"
+	}
+	return "raw bytes"
+}
+
+// QuoteFileForms names the forms DecodeQuoteFile reads, for errors.
+const QuoteFileForms = "raw bytes, hex text (whitespace and line breaks allowed, as xxd -p prints), a JSON array of byte values, a JSON object with a hex \"quote\" field"
+
+// stripSpace removes ASCII whitespace: hex that xxd -p or a mail client
+// wrapped into lines, or spaced into groups.
+func stripSpace(b []byte) []byte {
+	return bytes.Map(func(r rune) rune {
+		switch r {
+		case ' ', '\t', '\n', '\r', '\v', '\f':
+			return -1
+		}
+		return r
+	}, b)
+}
+
 func isHexText(b []byte) bool {
+	b = stripSpace(b)
 	b = bytes.TrimPrefix(bytes.TrimPrefix(b, []byte("0x")), []byte("0X"))
 	if len(b) < 2*headerSize {
 		return false
