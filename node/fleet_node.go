@@ -335,36 +335,34 @@ func (f *fleetState) joinAs(ctx context.Context, ns governance.NamespaceID, expl
 	if err := f.n.net.Join(p2p.NamespaceID(ns)); err != nil {
 		return nil, err
 	}
-	f.startAnnouncer(ctx, ns)
+	if err := f.startAnnouncer(ctx, ns); err != nil {
+		return nil, err
+	}
 	return &FleetJoinResult{Namespace: ns.String(), MemberKeys: keys.String(), Source: f.n.cfg.Fleet.QuoteSource.Kind()}, nil
 }
 
 // startAnnouncer runs an announcer for ns on the node's run context unless
-// one runs or the node is admitted already.
-func (f *fleetState) startAnnouncer(_ context.Context, ns governance.NamespaceID) {
+// one runs or the node is admitted already. Everything it needs is looked
+// up before the namespace is registered as announcing: a failed lookup used
+// to leave the entry (FleetStatus said Announcing with no announcer, and
+// its cancel function was never called).
+func (f *fleetState) startAnnouncer(_ context.Context, ns governance.NamespaceID) error {
 	if st, err := f.n.eng.TeeStatus(ns); err == nil && st.Member && st.HasRootKey {
-		return
+		return nil
+	}
+	sk, agreement, err := f.n.eng.IdentityKeys(ns)
+	if err != nil {
+		return fmt.Errorf("fleet-join of %s: no namespace identity: %w", ns, err)
 	}
 	f.mu.Lock()
 	if _, running := f.joining[ns]; running {
 		f.mu.Unlock()
-		return
+		return nil
 	}
 	wake := make(chan struct{}, 1)
 	actx, stop := context.WithCancel(f.n.bgCtx)
 	f.joining[ns] = &announcing{wake: wake, stop: stop}
 	f.mu.Unlock()
-	id, err := f.n.eng.Identity(ns)
-	if err != nil {
-		f.n.log.Error("fleet-join: no namespace identity", "err", err)
-		return
-	}
-	sk, agreement, err := f.n.eng.IdentityKeys(ns)
-	if err != nil {
-		f.n.log.Error("fleet-join: no namespace identity", "err", err)
-		return
-	}
-	_ = id
 	a := fleet.NewAnnouncer(fleet.AnnouncerConfig{
 		Namespace: ns, Identity: sk, Agreement: agreement, Source: f.n.cfg.Fleet.QuoteSource,
 		Head: func() ([32]byte, error) {
@@ -398,6 +396,7 @@ func (f *fleetState) startAnnouncer(_ context.Context, ns governance.NamespaceID
 			f.remember(ns, st)
 		}
 	})
+	return nil
 }
 
 // onApplied runs after ops from the network were applied to ns: it wakes an
@@ -678,7 +677,9 @@ func (f *fleetState) resume(ctx context.Context) {
 		if err := f.n.net.Join(p2p.NamespaceID(ns)); err != nil {
 			continue
 		}
-		f.startAnnouncer(ctx, ns)
+		if err := f.startAnnouncer(ctx, ns); err != nil {
+			f.n.log.Error("fleet-join at start", "namespace", ns.String(), "err", err)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/node/governance"
 	"github.com/fleetbox/fleetbox/node/selfpurge"
 )
@@ -49,5 +50,23 @@ func TestInitRefusesNonLoopbackAdminAddr(t *testing.T) {
 	fc.AdminAddr = "127.0.0.1:4502"
 	if _, err := Init(filepath.Join(t.TempDir(), "home"), fc); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An announcer whose namespace identity cannot be found is not registered:
+// before, the entry stayed, FleetStatus said Announcing, and nothing ran.
+func TestStartAnnouncerWithoutIdentity(t *testing.T) {
+	n := startNodeWith(t, "noid", newHome(t), func(c *Config) {
+		c.Fleet.QuoteSource = &attest.MockSource{}
+	})
+	ns := governance.NamespaceID{0xab}
+	if err := n.fleet.startAnnouncer(t.Context(), ns); err == nil {
+		t.Fatal("startAnnouncer without an identity succeeded")
+	}
+	n.fleet.mu.Lock()
+	_, announcing := n.fleet.joining[ns]
+	n.fleet.mu.Unlock()
+	if announcing {
+		t.Fatal("the namespace is registered as announcing with no announcer")
 	}
 }
