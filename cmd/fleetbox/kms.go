@@ -106,7 +106,7 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		e.logger.Warn("no collateral configured: real quotes verify as TCB Unverified, which policies refuse; pass --collateral-cache DIR --pccs-url URL")
 	}
 	if err := os.MkdirAll(*state, 0o700); err != nil {
-		return usageErr(e, "kms serve: creating state dir: %v", err)
+		return runtimeErr(e, "kms serve: creating state dir: %v", err)
 	}
 
 	var secret *kms.RootSecret
@@ -122,7 +122,7 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		return usageErr(e, "kms serve: --root-secret %q: want file or dstack", *rootSecret)
 	}
 	if err != nil {
-		return usageErr(e, "kms serve: refusing to start: %v", err)
+		return runtimeErr(e, "kms serve: refusing to start: %v", err)
 	}
 
 	var src attest.Source
@@ -135,7 +135,7 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		}
 	case "tdx":
 		if src, err = attest.NewTSMSource(); err != nil {
-			return usageErr(e, "kms serve: --attest-source tdx: %v", err)
+			return runtimeErr(e, "kms serve: --attest-source tdx: %v", err)
 		}
 	case "dstack":
 		src = agent.QuoteSource()
@@ -168,13 +168,13 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		Logger: e.logger,
 	})
 	if err != nil {
-		return usageErr(e, "kms serve: %v", err)
+		return runtimeErr(e, "kms serve: %v", err)
 	}
 	defer srv.Close()
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
-		return usageErr(e, "kms serve: %v", err)
+		return runtimeErr(e, "kms serve: %v", err)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -193,14 +193,13 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 	if *addrFile != "" {
 		if err := os.WriteFile(*addrFile, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
 			ln.Close()
-			return usageErr(e, "kms serve: writing --addr-file: %v", err)
+			return runtimeErr(e, "kms serve: writing --addr-file: %v", err)
 		}
 	}
 	e.logger.Info("kms starting", "addr", ln.Addr().String(), "profile", *profile, "rootSecret", *rootSecret,
 		"publicKey", base64.StdEncoding.EncodeToString(srv.PublicKey()))
 	if err := srv.Run(ctx, ln); err != nil {
-		fmt.Fprintf(e.stderr, "fleetbox: kms serve: %v\n", err)
-		return exitNo
+		return runtimeErr(e, "kms serve: %v", err)
 	}
 	return exitOK
 }
@@ -269,7 +268,7 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 			return usageErr(e, "kms get-key: %v", err)
 		}
 	} else if src, err = attest.NewTSMSource(); err != nil {
-		return usageErr(e, "kms get-key: %v (use --mock-tdx on a machine without TDX)", err)
+		return runtimeErr(e, "kms get-key: %v (use --mock-tdx on a machine without TDX)", err)
 	}
 	c, err := client.New(client.Config{URL: *url, Identity: sk, Source: src, Seal: *seal, InstanceID: *instance, MaxAttempts: *attempts, Logger: e.logger})
 	if err != nil {
@@ -290,21 +289,21 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 		id, err := c.CheckKMS(ctx, attest.NewVerifier(attest.VerifierConfig{Collateral: coll, Logger: e.logger}), pol)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "fleetbox: kms get-key: %v\n", err)
-			return exitNo
+			return kmsExit(err)
 		}
 		fmt.Fprintf(e.stderr, "fleetbox: KMS checked: key %s, tcb %s, mock %v\n", base64.StdEncoding.EncodeToString(id.PublicKey), id.Verdict.TcbStatus, id.Verdict.Mock)
 	}
 	key, err := c.GetKey(ctx)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "fleetbox: kms get-key: %v\n", err)
-		return exitNo
+		return kmsExit(err)
 	}
 	defer key.Wipe()
 	fmt.Fprintf(e.stderr, "fleetbox: key released for peer %s, profile %s, audit record %d, sealed %v\n", c.PeerID(), key.Profile, key.AuditSeq, key.Sealed)
 	if *receipt != "" {
 		rb, _ := json.MarshalIndent(key.Receipt, "", "  ")
 		if err := os.WriteFile(*receipt, append(rb, '\n'), 0o600); err != nil {
-			return usageErr(e, "kms get-key: writing --receipt: %v", err)
+			return runtimeErr(e, "kms get-key: writing --receipt: %v", err)
 		}
 	}
 	b := key.Bytes()
@@ -318,7 +317,7 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 			}
 		}
 		if err != nil {
-			return usageErr(e, "kms get-key: writing --out: %v", err)
+			return runtimeErr(e, "kms get-key: writing --out: %v", err)
 		}
 		return exitOK
 	}
@@ -377,7 +376,7 @@ func kmsAuditVerify(ctx context.Context, e *env, args []string) int {
 		}
 		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
 		if err != nil {
-			return usageErr(e, "kms audit verify: opening %s (is the KMS still running?): %v", path, err)
+			return runtimeErr(e, "kms audit verify: opening %s (is the KMS still running?): %v", path, err)
 		}
 		defer db.Close()
 		fetch = func(after uint64) (*audit.Page, error) { return audit.ReadPage(db, after, audit.MaxPage) }
@@ -420,9 +419,11 @@ func kmsAuditVerify(ctx context.Context, e *env, args []string) int {
 	sum := auditSummary{OK: err == nil, Records: v.Seq(), Granted: v.Granted, Denied: v.Denied, Pinned: pub != nil}
 	if err != nil {
 		sum.Error = err.Error()
+		// A broken or rolled-back chain is a "no"; a log that cannot be
+		// read (a KMS that does not answer, a corrupt file) a runtime failure.
 		code := exitNo
 		if !errors.Is(err, audit.ErrChain) && !errors.Is(err, audit.ErrHead) && !errors.Is(err, audit.ErrRollback) {
-			code = exitUsage
+			code = exitRuntime
 		}
 		return printJSON(e, sum, code)
 	}
@@ -520,7 +521,7 @@ func kmsLoad(ctx context.Context, e *env, args []string) int {
 	for range *clients {
 		_, sk, err := ed25519.GenerateKey(rand.Reader)
 		if err != nil {
-			return usageErr(e, "kms load: %v", err)
+			return runtimeErr(e, "kms load: %v", err)
 		}
 		c, err := client.New(client.Config{URL: *url, Identity: sk, Source: src, Seal: *seal, HTTPClient: hc, MaxAttempts: 1})
 		if err != nil {

@@ -113,7 +113,7 @@ func TestKMSCommands(t *testing.T) {
 	if code != exitOK || !sum.OK || sum.Records < 8+uint64(lr.Releases) || sum.Granted < 5+lr.Releases || sum.Denied < 2 {
 		t.Fatalf("audit verify --url: exit %d %s %s", code, stdout, stderr)
 	}
-	if code, _, _ := runCLI(t, "kms", "audit", "verify", "--state", state); code != exitUsage {
+	if code, _, _ := runCLI(t, "kms", "audit", "verify", "--state", state); code != exitRuntime {
 		t.Fatalf("audit verify --state while the KMS runs: exit %d (want a lock error)", code)
 	}
 	cancel()

@@ -199,7 +199,7 @@ func nodeRun(ctx context.Context, e *env, args []string) int {
 	start := time.Now()
 	if err := n.Run(ctx); err != nil {
 		e.logger.Error("node stopped", "err", err)
-		return exitUsage
+		return exitRuntime
 	}
 	e.logger.Info("node stopped", "uptime", time.Since(start).Round(time.Second))
 	return exitOK
