@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/fleetbox/fleetbox/attest/measurement"
 	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	"github.com/google/go-tdx-guest/abi"
@@ -18,7 +19,7 @@ import (
 
 // MaxQuoteSize bounds every quote fleetbox decodes. Real quotes are about
 // 5 KB (8 KB with padding); the PCK chain dominates.
-const MaxQuoteSize = 64 << 10
+const MaxQuoteSize = measurement.MaxQuoteSize
 
 // Quote is a decoded TDX quote (real V4/V5, or a mock quote).
 type Quote struct {

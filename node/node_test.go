@@ -16,10 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
+	"github.com/fleetbox/fleetbox/internal/poll"
 	"github.com/fleetbox/fleetbox/node/governance"
 	"github.com/fleetbox/fleetbox/node/p2p"
 	"github.com/fleetbox/fleetbox/node/store"
-	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
@@ -79,13 +81,7 @@ func connect(t testing.TB, a, b *tnode) {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second) // a guard against hangs, generous for -race on a loaded machine
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	poll.Until(t, what, cond)
 }
 
 // view is the part of a namespace's state every member must agree on:
@@ -116,17 +112,12 @@ func view(t testing.TB, n *tnode, ns governance.NamespaceID) string {
 // waitConverged waits until the nodes agree, and prints their views if not.
 func waitConverged(t testing.TB, what string, ns governance.NamespaceID, nodes ...*tnode) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second) // a guard against hangs, generous for -race on a loaded machine
-	for !converged(t, ns, nodes...)() {
-		if time.Now().After(deadline) {
-			for i, n := range nodes {
-				info, _ := n.Namespace(ns, false)
-				t.Logf("node %d: complete=%v pending=%d\n%s", i, info != nil && info.Complete, info.Pending, view(t, n, ns))
-			}
-			t.Fatalf("timed out waiting for %s", what)
+	poll.UntilElse(t, what, converged(t, ns, nodes...), func() {
+		for i, n := range nodes {
+			info, _ := n.Namespace(ns, false)
+			t.Logf("node %d: complete=%v pending=%d\n%s", i, info != nil && info.Complete, info.Pending, view(t, n, ns))
 		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	})
 }
 
 func converged(t testing.TB, ns governance.NamespaceID, nodes ...*tnode) func() bool {
@@ -340,7 +331,6 @@ func TestNodesConvergeCatchUpAndRestart(t *testing.T) {
 	}
 	connect(t, r2, live[0])
 	connect(t, r2, late)
-	all = []*tnode{live[0], r2, live[2], late}
 
 	// A removed member cannot read ops sealed after its removal.
 	lateKey := late.mustKey(t, ns)

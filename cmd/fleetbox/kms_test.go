@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/internal/poll"
 )
 
 func mockPolicyFor(mrtd attest.MRTD) []byte {
@@ -50,15 +51,11 @@ func TestKMSCommands(t *testing.T) {
 	}()
 	defer cancel()
 	var url string
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if b, err := os.ReadFile(addrFile); err == nil && len(b) > 0 {
-			url = "http://" + strings.TrimSpace(string(b))
-			break
-		}
-	}
-	if url == "" {
-		t.Fatal("kms serve did not start")
-	}
+	poll.Until(t, "kms serve's --addr-file", func() bool {
+		b, err := os.ReadFile(addrFile)
+		url = "http://" + strings.TrimSpace(string(b))
+		return err == nil && len(b) > 0
+	})
 
 	getKey := func(mrtd attest.MRTD, extra ...string) (int, string, string) {
 		return runCLI(t, append([]string{"kms", "get-key", "--url", url, "--identity", ident, "--mock-tdx", "--mock-mrtd", mrtd.String(), "--attempts", "1"}, extra...)...)
@@ -142,10 +139,5 @@ func TestKMSCommands(t *testing.T) {
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatal("condition not reached")
+	poll.Until(t, "condition", cond)
 }

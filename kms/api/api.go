@@ -21,7 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/attest/measurement"
 )
 
 // Paths of the KMS HTTP API.
@@ -34,7 +34,7 @@ const (
 	PathAudit     = "/audit"
 )
 
-// Body limits. A real quote is about 5 KB and attest.MaxQuoteSize bounds any
+// Body limits. A real quote is about 5 KB and measurement.MaxQuoteSize bounds any
 // quote at 64 KiB; base64 grows it by 4/3.
 const (
 	MaxChallengeBody = 1 << 10
@@ -262,7 +262,7 @@ func DecodeGetKeyRequest(data []byte) (*GetKey, error) {
 		return nil, err
 	}
 	g.PeerIDText = r.PeerID
-	if g.Quote, err = b64(r.QuoteB64, "quoteB64", 1, attest.MaxQuoteSize); err != nil {
+	if g.Quote, err = b64(r.QuoteB64, "quoteB64", 1, measurement.MaxQuoteSize); err != nil {
 		return nil, err
 	}
 	pk, err := b64(r.PeerPublicKeyB64, "peerPublicKeyB64", 32, 64)
@@ -313,13 +313,13 @@ func truncate(s string, n int) string {
 }
 
 // DecodeAttestRequest decodes an /attest body and returns its nonce.
-func DecodeAttestRequest(data []byte) ([attest.NonceSize]byte, error) {
+func DecodeAttestRequest(data []byte) ([measurement.NonceSize]byte, error) {
 	var r AttestRequest
-	var n [attest.NonceSize]byte
+	var n [measurement.NonceSize]byte
 	if err := decodeStrict(data, MaxAttestBody, &r); err != nil {
 		return n, err
 	}
-	b, err := b64(r.NonceB64, "nonceB64", attest.NonceSize, attest.NonceSize)
+	b, err := b64(r.NonceB64, "nonceB64", measurement.NonceSize, measurement.NonceSize)
 	if err != nil {
 		return n, err
 	}
@@ -402,7 +402,7 @@ const SigningDomain = "fleetbox/kms/get-key/v1"
 //	quoteHash (32)                (attest.Quote.Hash)
 //	len(sealTo) sealTo            (0 or 32 bytes)
 //	len(instanceId) instanceId    (0 for a per-peer key)
-func SigningMessage(challengeID string, nonce [attest.NonceSize]byte, peerID string, quoteHash attest.QuoteHash, sealTo []byte, instanceID string) []byte {
+func SigningMessage(challengeID string, nonce [measurement.NonceSize]byte, peerID string, quoteHash measurement.QuoteHash, sealTo []byte, instanceID string) []byte {
 	out := make([]byte, 0, len(SigningDomain)+1+4*4+len(challengeID)+len(peerID)+len(sealTo)+len(instanceID)+64)
 	out = append(out, SigningDomain...)
 	out = append(out, 0)
@@ -473,8 +473,8 @@ const InstanceBindingDomain = "fleetbox/kms/binding/v2"
 
 // ReportData is the report_data a node binds into its quote for a key
 // release: nonce || SHA-256(BindingFor(peerId, sealTo, instanceId)).
-func ReportData(nonce [attest.NonceSize]byte, peerID string, sealTo []byte, instanceID string) attest.ReportData {
-	return attest.BindPublicKey(nonce, BindingFor(peerID, sealTo, instanceID))
+func ReportData(nonce [measurement.NonceSize]byte, peerID string, sealTo []byte, instanceID string) measurement.ReportData {
+	return measurement.BindPublicKey(nonce, BindingFor(peerID, sealTo, instanceID))
 }
 
 // SealInfo is the HPKE info string a sealed key is bound to: the profile and

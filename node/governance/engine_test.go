@@ -46,11 +46,11 @@ func TestMembershipFlow(t *testing.T) {
 	}
 
 	// A subgroup: the key reaches inherited members.
-	g, wires, err := b.e.CreateGroup(bg, ns, ns.Root())
+	_, _, err = b.e.CreateGroup(bg, ns, ns.Root())
 	if !errors.Is(err, ErrNotAuthorized) {
 		t.Fatalf("b (Member without CAN_CREATE_SUBGROUP) created a group: %v", err)
 	}
-	g, wires, err = a.e.CreateGroup(bg, ns, ns.Root())
+	g, wires, err := a.e.CreateGroup(bg, ns, ns.Root())
 	ok(t, err)
 	if len(wires) != 3 { // GroupCreated + KeyDelivery to b and c
 		t.Fatalf("CreateGroup returned %d ops, want 3", len(wires))

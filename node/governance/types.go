@@ -151,10 +151,12 @@ func (r Role) valid() bool { return r >= RoleAdmin && r <= RoleReadOnlyTee }
 // never may.
 func (r Role) CanWrite() bool { return r == RoleAdmin || r == RoleMember }
 
-// Capabilities is the per-member u32 bitmask (DESIGN.md, Node).
+// Capabilities is the per-member u32 bitmask; its bits are part of the wire
+// format (signed ops carry it), so they never change.
 type Capabilities uint32
 
-// Capability bits, exactly as DESIGN.md lists them.
+// Capability bits, with the names and values of the reference system that
+// operators know (CAN_CREATE_CONTEXT 1<<0 ... CAN_MANAGE_METADATA 1<<8).
 const (
 	CanCreateContext     Capabilities = 1 << 0
 	CanInviteMembers     Capabilities = 1 << 1
@@ -188,7 +190,7 @@ var capNames = []struct {
 // Has reports whether every bit of want is set.
 func (c Capabilities) Has(want Capabilities) bool { return c&want == want }
 
-// Names lists the set bits by their DESIGN.md names.
+// Names lists the set bits by their names above.
 func (c Capabilities) Names() []string {
 	out := []string{}
 	for _, n := range capNames {

@@ -103,7 +103,9 @@ func mustEncMode() cbor.EncMode {
 	return m
 }
 
-// mustDecMode is strict as notes/go-deps.md asks: the defaults are permissive.
+// mustDecMode is strict where fxamacker/cbor's defaults are permissive:
+// duplicate map keys, indefinite lengths and tags are refused, and nesting,
+// arrays and maps are bounded.
 func mustDecMode() cbor.DecMode {
 	m, err := cbor.DecOptions{
 		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
