@@ -384,6 +384,7 @@ func (f *fleetState) startAnnouncer(_ context.Context, ns governance.NamespaceID
 		},
 		Wake:       wake,
 		MinBackoff: f.n.cfg.Fleet.AnnounceMinBackoff, MaxBackoff: f.n.cfg.Fleet.AnnounceMaxBackoff,
+		Fetch:      func() { f.n.net.RequestSync(p2p.NamespaceID(ns)) },
 		Logger: f.n.log.With("component", "fleet-join", "namespace", ns.String()[:16]),
 	})
 	f.n.goRun(func(context.Context) {
