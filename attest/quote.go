@@ -35,6 +35,10 @@ type Quote struct {
 	MRConfigID   MRConfigID
 	TDAttributes TDAttributes
 	TeeTcbSvn    TeeTcbSvn
+	// TeeTcbSvn2 is the TDX 1.5 TD report's TEE_TCB_SVN_2 (V5 quotes with
+	// body type 3): the TCB the TD runs on now, after a TD-preserving TDX
+	// module update. Nil otherwise.
+	TeeTcbSvn2 *TeeTcbSvn
 	// Hash is SHA-256 over the signed header and TD report body (for mock
 	// quotes: over the whole mock quote). Trailing padding and the signature
 	// encoding do not change it, so one quote cannot pose as two.
@@ -104,6 +108,11 @@ func ParseQuote(raw []byte) (*Quote, error) {
 			body = d.GetTdQuoteBodyV5() // TDX 1.0 body carried in a V5 quote
 		case v5BodyTypeTDX15:
 			body = d.GetTdQuoteBodyV5()
+			var svn2 TeeTcbSvn
+			if err := copyExact(svn2[:], d.GetTdQuoteBodyV5().GetTeeTcbSvn2(), "TEE_TCB_SVN_2"); err != nil {
+				return nil, err
+			}
+			q.TeeTcbSvn2 = &svn2
 		default:
 			return nil, fmt.Errorf("parsing quote: V5 body type %d is not a TD report", d.GetTdQuoteBodyType())
 		}

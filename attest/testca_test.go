@@ -222,3 +222,58 @@ func TestTDXModuleIdentityChecks(t *testing.T) {
 		})
 	}
 }
+
+// A TD on an OutOfDate TDX module whose platform has since been updated
+// (TEE_TCB_SVN_2 of a TDX 1.5 TD report meets the newest levels) is told to
+// relaunch, as Intel's QVL reports it, instead of OutOfDate; a policy can
+// allow the status by name.
+func TestTDRelaunchAdvised(t *testing.T) {
+	ca := attesttest.NewCA(t)
+	p := ca.NewPlatform(t, attesttest.DefaultPlatform)
+	outdatedModule := attest.TeeTcbSvn{1, 1} // TDX_01 module ISVSVN 1: OutOfDate
+	updated := attest.TeeTcbSvn{2, 1}        // after a TD-preserving update: ISVSVN 2, current
+	notUpdated := attest.TeeTcbSvn{1, 1}     // the platform was not updated
+	cases := map[string]struct {
+		levels []attesttest.Level
+		svn2   *attest.TeeTcbSvn
+		want   attest.TcbStatus
+	}{
+		"updated platform":                 {attesttest.LevelsFor(attest.TcbUpToDate), &updated, attest.TcbTDRelaunchAdvised},
+		"updated platform, config needed":  {attesttest.LevelsFor(attest.TcbConfigurationNeeded), &updated, attest.TcbTDRelaunchAdvisedConfigurationNeeded},
+		"platform not updated":             {attesttest.LevelsFor(attest.TcbUpToDate), &notUpdated, attest.TcbOutOfDate},
+		"V4 quote (no TEE_TCB_SVN_2)":      {attesttest.LevelsFor(attest.TcbUpToDate), nil, attest.TcbOutOfDate},
+		"SGX TCB out of date: no relaunch": {attesttest.LevelsFor(attest.TcbOutOfDate), &updated, attest.TcbOutOfDate},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			v := attest.NewVerifier(ca.VerifierConfig(attest.StaticCollateral{C: ca.Collateral(t, attesttest.CollateralOptions{Levels: tc.levels})}, now))
+			raw := p.Quote(t, attesttest.QuoteOptions{TeeTcbSvn: &outdatedModule, TeeTcbSvn2: tc.svn2})
+			verdict, err := v.Verify(context.Background(), raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if verdict.TcbStatus != tc.want || verdict.TdxModuleTcbStatus != attest.TcbOutOfDate {
+				t.Fatalf("status %s (module %s), want %s", verdict.TcbStatus, verdict.TdxModuleTcbStatus, tc.want)
+			}
+			if tc.svn2 != nil && (verdict.Quote.Version != 5 || *verdict.Quote.TeeTcbSvn2 != *tc.svn2) {
+				t.Fatalf("quote version %d, TEE_TCB_SVN_2 %v", verdict.Quote.Version, verdict.Quote.TeeTcbSvn2)
+			}
+		})
+	}
+	// The default policy refuses it; one that names it admits it.
+	pol, err := attest.ParsePolicy([]byte(`{"allowedMrtd":["*"],"allowedRtmr0":["*"],"allowedRtmr1":["*"],"allowedRtmr2":["*"],"allowedRtmr3":["*"],"allowedTcbStatuses":["UpToDate","TDRelaunchAdvised"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := attest.NewVerifier(ca.VerifierConfig(attest.StaticCollateral{C: ca.Collateral(t, attesttest.CollateralOptions{})}, now))
+	verdict, err := v.Verify(context.Background(), p.Quote(t, attesttest.QuoteOptions{TeeTcbSvn: &outdatedModule, TeeTcbSvn2: &updated}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pol.Evaluate(verdict); err != nil {
+		t.Fatalf("a policy allowing TDRelaunchAdvised refused it: %v", err)
+	}
+	if err := attest.DefaultPolicy().Evaluate(verdict); err == nil {
+		t.Fatal("the default policy admitted TDRelaunchAdvised")
+	}
+}

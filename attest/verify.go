@@ -659,6 +659,9 @@ func judgeTcb(verdict *Verdict, q *Quote, ch *pckChain, c *Collateral, qe *pb.En
 		status = convergeStatus(status, verdict.TdxModuleTcbStatus)
 		verdict.AdvisoryIDs = appendNew(verdict.AdvisoryIDs, mod.AdvisoryIDs...)
 	}
+	if q.TeeTcbSvn2 != nil {
+		status = relaunchStatus(ti, ch.ext, *q.TeeTcbSvn2, status, verdict.TdxModuleTcbStatus, verdict.QeTcbStatus)
+	}
 	switch verdict.QeTcbStatus {
 	case TcbNoMatchingLevel:
 		verdict.TcbStatus = TcbNoMatchingLevel
@@ -703,6 +706,87 @@ func checkSeam(ti *pcs.TcbInfo, svn TeeTcbSvn, body seamProvider) error {
 	}
 	if !bytes.Equal(sa, make([]byte, len(sa))) {
 		return fmt.Errorf("%w: SEAMATTRIBUTES %x are not zero", ErrPlatformMismatch, sa)
+	}
+	return nil
+}
+
+// relaunchStatus implements Intel's TD relaunch check (QVL TDRelaunchCheck,
+// after the TDX module convergence and before the QE's): a TD that runs on an
+// OutOfDate TDX module, on a platform whose SGX TCB is current and whose
+// TEE_TCB_SVN_2 (the TCB after a TD-preserving module update) meets the
+// newest TCB level (and, for TDX 1.5, the newest level of its module
+// identity), is told to relaunch rather than that it is out of date.
+func relaunchStatus(ti *pcs.TcbInfo, ext *pcs.PckExtensions, svn2 TeeTcbSvn, status, module, qe TcbStatus) TcbStatus {
+	switch qe {
+	case TcbOutOfDate, TcbOutOfDateConfigurationNeeded, TcbRevoked, TcbNoMatchingLevel:
+		return status
+	}
+	if module != TcbOutOfDate || (status != TcbOutOfDate && status != TcbOutOfDateConfigurationNeeded) || len(ti.TcbLevels) == 0 {
+		return status
+	}
+	sgx := matchSGXLevel(ti.TcbLevels, ext)
+	if sgx == nil {
+		return status
+	}
+	sgxStatus := TcbStatus(sgx.TcbStatus)
+	switch sgxStatus {
+	case TcbUpToDate, TcbSWHardeningNeeded, TcbConfigurationNeeded, TcbConfigurationAndSWHardeningNeeded:
+	default:
+		return status
+	}
+	latest := &ti.TcbLevels[0]
+	if len(latest.Tcb.TdxTcbcomponents) < 3 || svn2[2] < latest.Tcb.TdxTcbcomponents[2].Svn {
+		return status
+	}
+	if svn2[1] == 0 {
+		if svn2[0] < latest.Tcb.TdxTcbcomponents[0].Svn {
+			return status
+		}
+	} else {
+		id := fmt.Sprintf("TDX_%02X", svn2[1])
+		var levels []pcs.TcbLevel
+		for _, m := range ti.TdxModuleIdentities {
+			if strings.EqualFold(m.ID, id) {
+				levels = m.TcbLevels
+			}
+		}
+		if len(levels) == 0 || uint32(svn2[0]) < levels[0].Tcb.Isvsvn {
+			return status
+		}
+	}
+	if configNeeded(sgxStatus) || configNeeded(status) {
+		return TcbTDRelaunchAdvisedConfigurationNeeded
+	}
+	return TcbTDRelaunchAdvised
+}
+
+func configNeeded(s TcbStatus) bool {
+	switch s {
+	case TcbConfigurationNeeded, TcbOutOfDateConfigurationNeeded, TcbConfigurationAndSWHardeningNeeded, TcbTDRelaunchAdvisedConfigurationNeeded:
+		return true
+	}
+	return false
+}
+
+// matchSGXLevel returns the first TCB level the PCK certificate's SGX
+// components and PCESVN meet, TDX components aside (QVL's SGX TCB level).
+func matchSGXLevel(levels []pcs.TcbLevel, ext *pcs.PckExtensions) *pcs.TcbLevel {
+	cpu := ext.TCB.CPUSvnComponents
+next:
+	for i := range levels {
+		l := &levels[i]
+		if len(l.Tcb.SgxTcbcomponents) != len(cpu) {
+			continue
+		}
+		for j := range cpu {
+			if cpu[j] < l.Tcb.SgxTcbcomponents[j].Svn {
+				continue next
+			}
+		}
+		if ext.TCB.PCESvn < l.Tcb.Pcesvn {
+			continue
+		}
+		return l
 	}
 	return nil
 }
