@@ -145,7 +145,7 @@ func (n *Node) newFleet(st *store.Store) *fleetState {
 		Rows:  rows,
 		Unsubscribe: func(ns [32]byte) {
 			if n.net != nil {
-				if err := n.net.Leave(p2p.NamespaceID(ns)); err != nil {
+				if err := n.net.Leave(ns); err != nil {
 					n.log.Warn("leaving the namespace topic", "err", err)
 				}
 			}
@@ -332,7 +332,7 @@ func (f *fleetState) joinAs(ctx context.Context, ns governance.NamespaceID, expl
 	}); err != nil {
 		return nil, fmt.Errorf("fleet-join: recording the namespace: %w", err)
 	}
-	if err := f.n.net.Join(p2p.NamespaceID(ns)); err != nil {
+	if err := f.n.net.Join(ns); err != nil {
 		return nil, err
 	}
 	if err := f.startAnnouncer(ctx, ns); err != nil {
@@ -376,7 +376,7 @@ func (f *fleetState) startAnnouncer(_ context.Context, ns governance.NamespaceID
 			return heads[len(heads)-1], nil
 		},
 		Publish: func(ctx context.Context, wire []byte) error {
-			return f.n.net.PublishAnnounce(ctx, p2p.NamespaceID(ns), wire)
+			return f.n.net.PublishAnnounce(ctx, ns, wire)
 		},
 		Admitted: func() bool {
 			st, err := f.n.eng.TeeStatus(ns)
@@ -384,7 +384,7 @@ func (f *fleetState) startAnnouncer(_ context.Context, ns governance.NamespaceID
 		},
 		Wake:       wake,
 		MinBackoff: f.n.cfg.Fleet.AnnounceMinBackoff, MaxBackoff: f.n.cfg.Fleet.AnnounceMaxBackoff,
-		Fetch:      func() { f.n.net.RequestSync(p2p.NamespaceID(ns)) },
+		Fetch:  func() { f.n.net.RequestSync(ns) },
 		Logger: f.n.log.With("component", "fleet-join", "namespace", ns.String()[:16]),
 	})
 	f.n.goRun(func(context.Context) {
@@ -494,7 +494,7 @@ func (f *fleetState) runPurges(ctx context.Context) {
 // checks shape and signature before an announce spreads; a node that may
 // admit members also judges it fully, off the validator's path.
 func (f *fleetState) onAnnounce(ctx context.Context, pns p2p.NamespaceID, from peer.ID, wire []byte) pubsub.ValidationResult {
-	ns := governance.NamespaceID(pns)
+	ns := pns
 	a, err := fleet.DecodeAnnounce(wire)
 	if err != nil {
 		f.m.refused.WithLabelValues(string(fleet.ReasonMalformed)).Inc()
@@ -675,7 +675,7 @@ func (f *fleetState) resume(ctx context.Context) {
 		}
 	}
 	for _, ns := range f.joined() {
-		if err := f.n.net.Join(p2p.NamespaceID(ns)); err != nil {
+		if err := f.n.net.Join(ns); err != nil {
 			continue
 		}
 		if err := f.startAnnouncer(ctx, ns); err != nil {

@@ -140,7 +140,7 @@ func (n *Node) Run(ctx context.Context) error {
 		Logger:            n.log.With("component", "p2p"),
 		Registerer:        n.reg,
 		OnAnnounce:        n.fleet.onAnnounce,
-		OnApplied:         func(ns p2p.NamespaceID, _ int) { n.fleet.onApplied(governance.NamespaceID(ns)) },
+		OnApplied:         func(ns p2p.NamespaceID, _ int) { n.fleet.onApplied(ns) },
 	})
 	if err != nil {
 		return err

@@ -27,8 +27,9 @@ var (
 )
 
 var rules = map[string]rule{
-	// The measurement types: the standard library only.
+	// The measurement types and the node's ids: the standard library only.
 	mod + "/attest/measurement": {only: []string{}},
+	mod + "/node/ids":           {only: []string{}},
 	// Measuring firmware needs the types (and errgroup for its parallel
 	// hashing), not the verifier.
 	mod + "/measure/tdvf": {only: []string{mod + "/attest/measurement", "golang.org/x/sync/errgroup"}},

@@ -5,22 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/fleetbox/fleetbox/node/ids"
 )
 
-// NamespaceID names a namespace. It is also the id of its root group:
-// SHA-256("fleetbox/v1/namespace-id" || creator signing key || salt), so only
-// the creator's key can sign a genesis op for it.
-type NamespaceID [32]byte
-
-// GroupID names a group. The root group's id equals the NamespaceID.
-type GroupID [32]byte
-
-// OpID is SHA-256 of a SignedNamespaceOp's signed bytes (domain label and
-// canonical body).
-type OpID [32]byte
-
-// PublicKey is a namespace identity's Ed25519 public key. It names a member.
-type PublicKey [32]byte
+// The identifiers governance shares with p2p and the node (node/ids).
+type (
+	NamespaceID = ids.NamespaceID
+	GroupID     = ids.GroupID
+	OpID        = ids.OpID
+	PublicKey   = ids.PublicKey
+)
 
 // AgreementKey is a namespace identity's X25519 public key, used for
 // KeyDelivery.
@@ -30,50 +25,16 @@ type AgreementKey [32]byte
 // commits an encrypted op to exactly one key.
 type KeyID [32]byte
 
-func (n NamespaceID) String() string  { return hex.EncodeToString(n[:]) }
-func (g GroupID) String() string      { return hex.EncodeToString(g[:]) }
-func (o OpID) String() string         { return hex.EncodeToString(o[:]) }
-func (p PublicKey) String() string    { return hex.EncodeToString(p[:]) }
 func (a AgreementKey) String() string { return hex.EncodeToString(a[:]) }
 func (k KeyID) String() string        { return hex.EncodeToString(k[:]) }
 
-func (n NamespaceID) MarshalText() ([]byte, error) { return []byte(n.String()), nil }
-func (g GroupID) MarshalText() ([]byte, error)     { return []byte(g.String()), nil }
-func (o OpID) MarshalText() ([]byte, error)        { return []byte(o.String()), nil }
-func (p PublicKey) MarshalText() ([]byte, error)   { return []byte(p.String()), nil }
+// ParseNamespaceID and ParseGroupID parse 64 hex digits.
+var (
+	ParseNamespaceID = ids.ParseNamespaceID
+	ParseGroupID     = ids.ParseGroupID
+)
 
-func (n *NamespaceID) UnmarshalText(b []byte) error {
-	return parseHex32(n[:], string(b), "namespace id")
-}
-func (g *GroupID) UnmarshalText(b []byte) error   { return parseHex32(g[:], string(b), "group id") }
-func (o *OpID) UnmarshalText(b []byte) error      { return parseHex32(o[:], string(b), "op id") }
-func (p *PublicKey) UnmarshalText(b []byte) error { return parseHex32(p[:], string(b), "public key") }
-
-// ParseNamespaceID parses 64 hex digits.
-func ParseNamespaceID(s string) (NamespaceID, error) {
-	var n NamespaceID
-	return n, n.UnmarshalText([]byte(s))
-}
-
-// ParseGroupID parses 64 hex digits.
-func ParseGroupID(s string) (GroupID, error) {
-	var g GroupID
-	return g, g.UnmarshalText([]byte(s))
-}
-
-func parseHex32(dst []byte, s, what string) error {
-	s = strings.TrimPrefix(strings.ToLower(strings.TrimSpace(s)), "0x")
-	if len(s) != 64 {
-		return fmt.Errorf("%s: want 64 hex digits, got %d characters", what, len(s))
-	}
-	if _, err := hex.Decode(dst, []byte(s)); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
-}
-
-// Root returns the root group of the namespace.
-func (n NamespaceID) Root() GroupID { return GroupID(n) }
+func parseHex32(dst []byte, s, what string) error { return ids.ParseHex32(dst, s, what) }
 
 // MemberKeys are the public halves of a namespace identity: what an admin
 // needs to add a member (signing key to name it, agreement key to deliver
