@@ -41,7 +41,7 @@ type AnnouncerConfig struct {
 	// and the replica waited for the next heartbeat (30 s in production).
 	Fetch         func()
 	FetchInterval time.Duration
-	Logger                 *slog.Logger
+	Logger        *slog.Logger
 }
 
 // Announcer publishes TeeAttestationAnnounces until the replica is admitted.
