@@ -768,25 +768,28 @@ func configNeeded(s TcbStatus) bool {
 	return false
 }
 
+// meetsSGX reports whether the PCK certificate's SGX TCB components and
+// PCESVN are each at least the level's.
+func meetsSGX(l *pcs.TcbLevel, ext *pcs.PckExtensions) bool {
+	cpu := ext.TCB.CPUSvnComponents
+	if len(l.Tcb.SgxTcbcomponents) != len(cpu) {
+		return false
+	}
+	for j := range cpu {
+		if cpu[j] < l.Tcb.SgxTcbcomponents[j].Svn {
+			return false
+		}
+	}
+	return ext.TCB.PCESvn >= l.Tcb.Pcesvn
+}
+
 // matchSGXLevel returns the first TCB level the PCK certificate's SGX
 // components and PCESVN meet, TDX components aside (QVL's SGX TCB level).
 func matchSGXLevel(levels []pcs.TcbLevel, ext *pcs.PckExtensions) *pcs.TcbLevel {
-	cpu := ext.TCB.CPUSvnComponents
-next:
 	for i := range levels {
-		l := &levels[i]
-		if len(l.Tcb.SgxTcbcomponents) != len(cpu) {
-			continue
+		if meetsSGX(&levels[i], ext) {
+			return &levels[i]
 		}
-		for j := range cpu {
-			if cpu[j] < l.Tcb.SgxTcbcomponents[j].Svn {
-				continue next
-			}
-		}
-		if ext.TCB.PCESvn < l.Tcb.Pcesvn {
-			continue
-		}
-		return l
 	}
 	return nil
 }
@@ -823,15 +826,7 @@ func matchTcbLevel(levels []pcs.TcbLevel, ext *pcs.PckExtensions, svn TeeTcbSvn)
 next:
 	for i := range levels {
 		l := &levels[i]
-		if len(l.Tcb.SgxTcbcomponents) != len(cpu) || len(l.Tcb.TdxTcbcomponents) != len(svn) {
-			continue
-		}
-		for j := range cpu {
-			if cpu[j] < l.Tcb.SgxTcbcomponents[j].Svn {
-				continue next
-			}
-		}
-		if ext.TCB.PCESvn < l.Tcb.Pcesvn {
+		if len(l.Tcb.TdxTcbcomponents) != len(svn) || !meetsSGX(l, ext) {
 			continue
 		}
 		for j := start; j < len(svn); j++ {

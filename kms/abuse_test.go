@@ -210,15 +210,9 @@ func TestHealthNotReadyWhenAuditCannotAppend(t *testing.T) {
 	if last.status != http.StatusInternalServerError || last.resp.Key != "" {
 		t.Fatalf("the state never filled: last %+v", last)
 	}
-	res, err := http.Get(h.url + api.PathHealth)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var hl api.Health
-	json.NewDecoder(res.Body).Decode(&hl)
-	res.Body.Close()
-	if res.StatusCode != http.StatusServiceUnavailable || hl.Status != "not_ready" || !strings.Contains(hl.Reason, "audit log cannot be appended") {
-		t.Fatalf("health with a full audit log: %d %+v", res.StatusCode, hl)
+	if st := h.request(t, http.MethodGet, api.PathHealth, "", "", &hl); st != http.StatusServiceUnavailable || hl.Status != "not_ready" || !strings.Contains(hl.Reason, "audit log cannot be appended") {
+		t.Fatalf("health with a full audit log: %d %+v", st, hl)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -249,6 +250,25 @@ type parts struct {
 	SealTo      []byte
 	Sig         []byte // nil: signed from the fields at send time
 	Body        []byte // non-nil: sent as is
+}
+
+// request sends a request with an optional Content-Type and decodes the
+// answer into out (unless out is nil).
+func (h *harness) request(t testing.TB, method, path, contentType, body string, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, h.url+path, strings.NewReader(body))
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if out != nil {
+		json.NewDecoder(res.Body).Decode(out)
+	}
+	return res.StatusCode
 }
 
 func (h *harness) post(t testing.TB, path string, body []byte) (int, []byte) {

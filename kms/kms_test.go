@@ -696,13 +696,8 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 func TestHealthAndRoutes(t *testing.T) {
 	h := newHarness(t, harnessOpts{noPolicy: true})
-	res, err := http.Get(h.url + api.PathHealth)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var hl api.Health
-	json.NewDecoder(res.Body).Decode(&hl)
-	res.Body.Close()
+	h.request(t, http.MethodGet, api.PathHealth, "", "", &hl)
 	if hl.Status != "ok" || hl.PolicyReady || hl.Profile != kms.DefaultProfile {
 		t.Fatalf("%+v", hl)
 	}

@@ -1,9 +1,7 @@
 package kms_test
 
 import (
-	"encoding/json"
 	"net/http"
-	"strings"
 	"testing"
 
 	"github.com/fleetbox/fleetbox/kms/api"
@@ -19,19 +17,9 @@ func TestPostRequiresJSONContentType(t *testing.T) {
 		"text/plain": "text/plain", "form": "application/x-www-form-urlencoded", "multipart": "multipart/form-data; boundary=x", "none": "",
 	} {
 		for _, path := range []string{api.PathChallenge, api.PathGetKey, api.PathAttest} {
-			req, _ := http.NewRequest(http.MethodPost, h.url+path, strings.NewReader(body))
-			if ct != "" {
-				req.Header.Set("Content-Type", ct)
-			}
-			res, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
 			var e api.Error
-			json.NewDecoder(res.Body).Decode(&e)
-			res.Body.Close()
-			if res.StatusCode != http.StatusUnsupportedMediaType || e.Error != api.CodeUnsupportedMediaType {
-				t.Errorf("%s %s: %d %s, want 415 %s", name, path, res.StatusCode, e.Error, api.CodeUnsupportedMediaType)
+			if st := h.request(t, http.MethodPost, path, ct, body, &e); st != http.StatusUnsupportedMediaType || e.Error != api.CodeUnsupportedMediaType {
+				t.Errorf("%s %s: %d %s, want 415 %s", name, path, st, e.Error, api.CodeUnsupportedMediaType)
 			}
 		}
 	}

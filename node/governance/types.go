@@ -34,8 +34,6 @@ var (
 	ParseGroupID     = ids.ParseGroupID
 )
 
-func parseHex32(dst []byte, s, what string) error { return ids.ParseHex32(dst, s, what) }
-
 // MemberKeys are the public halves of a namespace identity: what an admin
 // needs to add a member (signing key to name it, agreement key to deliver
 // group keys to it).
