@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -168,21 +169,26 @@ func (p *Policy) Evaluate(v *Verdict) error {
 	if q.Debug() && !p.AllowDebug {
 		errs = append(errs, &Violation{ReasonDebugNotAllowed, "td is a debug TD (TD_ATTRIBUTES.DEBUG set) and allowDebug is false"})
 	}
-	check := func(reason, name, key string, allowed []string, got [MeasurementSize]byte) {
+	// register -1 is MRTD, 0-3 the RTMRs; names are built only on failure.
+	check := func(register int, allowed []string, got [MeasurementSize]byte) {
 		if len(allowed) == 1 && allowed[0] == Wildcard {
 			return
 		}
-		h := fmt.Sprintf("%x", got[:])
+		h := hex.EncodeToString(got[:])
 		for _, a := range allowed {
-			if normalizeHex(a) == h {
+			if a == h || normalizeHex(a) == h {
 				return
 			}
 		}
+		reason, name, key := ReasonMrtdNotAllowed, "mrtd", "allowedMrtd"
+		if register >= 0 {
+			reason, name, key = fmt.Sprintf(reasonRtmrNotAllowedFm, register), fmt.Sprintf("rtmr%d", register), fmt.Sprintf("allowedRtmr%d", register)
+		}
 		errs = append(errs, &Violation{reason, fmt.Sprintf("%s %s not in %s", name, short(h), key)})
 	}
-	check(ReasonMrtdNotAllowed, "mrtd", "allowedMrtd", p.AllowedMrtd, q.MRTD)
+	check(-1, p.AllowedMrtd, q.MRTD)
 	for i, l := range [][]string{p.AllowedRtmr0, p.AllowedRtmr1, p.AllowedRtmr2, p.AllowedRtmr3} {
-		check(fmt.Sprintf(reasonRtmrNotAllowedFm, i), fmt.Sprintf("rtmr%d", i), fmt.Sprintf("allowedRtmr%d", i), l, q.RTMR[i])
+		check(i, l, q.RTMR[i])
 	}
 	if !v.Mock {
 		switch {
