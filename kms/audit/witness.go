@@ -9,6 +9,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/fleetbox/fleetbox/internal/atomicfile"
 	"github.com/fleetbox/fleetbox/internal/strictjson"
 )
 
@@ -23,30 +24,15 @@ import (
 // maxWitnessSize bounds the witness file.
 const maxWitnessSize = 4096
 
-// writeWitness replaces the witness file atomically and durably: a
-// temporary file, fsync, rename, fsync of the directory.
+// writeWitness replaces the witness file atomically (internal/atomicfile)
+// and durably: the directory is synced too, so that after a crash the
+// witness is never older than a head a caller was told.
 func writeWitness(path string, sh SignedHead) error {
 	b, err := json.Marshal(sh)
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.Write(path, append(b, '\n'), 0o600); err != nil {
 		return err
 	}
 	d, err := os.Open(filepath.Dir(path))
