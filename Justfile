@@ -15,10 +15,11 @@ build:
 test:
     go test ./...
 
-# Formatting and vet.
+# Formatting, vet and staticcheck (pinned: 2026.2.2 is module v0.8.2).
 lint:
     test -z "$(gofmt -l $(git ls-files '*.go'))"
     go vet ./...
+    go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 # Fuzz every decoder for FUZZTIME (default 10s) each.
 fuzz:

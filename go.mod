@@ -6,6 +6,7 @@ toolchain go1.26.8
 
 require (
 	github.com/fxamacker/cbor/v2 v2.10.0
+	github.com/go-json-experiment/json v1.27.2
 	github.com/google/gce-tcb-verifier v0.3.1
 	github.com/google/go-configfs-tsm v0.3.3
 	github.com/google/go-tdx-guest v0.3.2-0.20260305110651-91f9a52f36c7

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"math/big"
 	"os"
 	"time"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	"github.com/google/go-tdx-guest/pcs"
 )
@@ -26,6 +27,34 @@ const MaxCollateralSize = 4 << 20
 // its signing certificate expired) at the verification time: verification
 // fails closed rather than trust stale revocation and TCB data.
 var ErrCollateralExpired = errors.New("collateral expired")
+
+// ErrCollateralNotYetValid means a piece of collateral (or its signing
+// certificate) is not valid yet at the verification time: a clock behind,
+// or collateral from the future.
+var ErrCollateralNotYetValid = errors.New("collateral not yet valid")
+
+// ErrCollateralPlatform means the collateral is for another platform: its
+// TCB Info's FMSPC or PCE ID is not the PCK certificate's.
+var ErrCollateralPlatform = errors.New("collateral is for another platform")
+
+// CollateralReason names a collateral failure with a stable code, or says
+// "" when err is not one: the collateral, not the quote, is at fault, and
+// the verdict must not read like a forged quote's.
+func CollateralReason(err error) string {
+	switch {
+	case errors.Is(err, ErrCollateralExpired):
+		return "collateral_expired"
+	case errors.Is(err, ErrCollateralNotYetValid):
+		return "collateral_not_yet_valid"
+	case errors.Is(err, ErrCollateralPlatform):
+		return "collateral_fmspc_mismatch"
+	case errors.Is(err, ErrRevocationRequired):
+		return "collateral_no_crls"
+	case errors.Is(err, ErrCollateralUnavailable):
+		return "collateral_unavailable"
+	}
+	return ""
+}
 
 // ErrCollateralUnavailable means no collateral could be had for a platform:
 // none cached and none fetched. It is the verifier's problem, not the
@@ -78,13 +107,14 @@ type collateralV3JSON struct {
 // ParseCollateralJSON decodes collateral in the dcap-qvl QuoteCollateralV3
 // JSON form (snake_case keys; tcb_info and qe_identity are the exact signed
 // JSON strings, signatures and CRLs are hex). Unknown keys are ignored, since
-// publishers add their own (pck_certificate_chain, ...).
+// publishers add their own (pck_certificate_chain, ...); duplicate keys and
+// keys not spelled exactly are refused.
 func ParseCollateralJSON(data []byte) (*Collateral, error) {
 	if len(data) > MaxCollateralSize {
 		return nil, fmt.Errorf("collateral: %d bytes exceeds the %d-byte limit", len(data), MaxCollateralSize)
 	}
 	var j collateralV3JSON
-	if err := json.Unmarshal(data, &j); err != nil {
+	if err := strictjson.UnmarshalKnown(data, &j); err != nil {
 		return nil, fmt.Errorf("collateral: %w", err)
 	}
 	c := &Collateral{}
@@ -156,17 +186,9 @@ func revokedSet(crl *x509.RevocationList) map[string]time.Time {
 func serialKey(n *big.Int) string { return string(n.Bytes()) }
 
 // strictUnmarshal decodes JSON into v; the signed bodies are Intel's, so
-// unknown fields are tolerated, but trailing data is not.
-func strictUnmarshal(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after the JSON object")
-	}
-	return nil
-}
+// unknown fields are tolerated, but duplicate or miscased keys and trailing
+// data are not.
+func strictUnmarshal(b []byte, v any) error { return strictjson.UnmarshalKnown(b, v) }
 
 func hexSig(s string) ([]byte, error) {
 	b, err := hex.DecodeString(s)
@@ -283,7 +305,7 @@ func ReadQuoteFile(path string) (*Quote, error) {
 	}
 	q, err := ParseQuote(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w (read as %s; the forms tried: %s)", path, err, quoteFormOf(data), QuoteFileForms)
 	}
 	return q, nil
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fleetbox/fleetbox/internal/atomicfile"
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 )
 
 // IntelPCS is the base URL of Intel's Provisioning Certification Service.
@@ -233,7 +234,7 @@ func (cc *CollateralCache) get(ctx context.Context, u string) ([]byte, http.Head
 // PCS response body {"<field>": {...}, "signature": "<hex>"}.
 func splitSigned(body []byte, field string) (string, string, error) {
 	var m map[string]json.RawMessage
-	if err := json.Unmarshal(body, &m); err != nil {
+	if err := strictjson.UnmarshalKnown(body, &m); err != nil {
 		return "", "", fmt.Errorf("PCS response: %w", err)
 	}
 	raw, ok := m[field]
@@ -241,7 +242,7 @@ func splitSigned(body []byte, field string) (string, string, error) {
 		return "", "", fmt.Errorf("PCS response has no %q", field)
 	}
 	var sig string
-	if err := json.Unmarshal(m["signature"], &sig); err != nil {
+	if err := strictjson.Unmarshal(m["signature"], &sig); err != nil {
 		return "", "", fmt.Errorf("PCS response signature: %w", err)
 	}
 	return string(raw), sig, nil

@@ -1,11 +1,13 @@
 package attest
 
 import (
-	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 )
 
 // MaxPolicySize bounds a policy document.
@@ -38,20 +40,17 @@ type Policy struct {
 	AllowDebug bool `json:"allowDebug,omitempty"`
 }
 
-// ParsePolicy decodes and validates a policy document. Unknown fields are
-// refused so that a typo cannot silently drop a rule.
+// ParsePolicy decodes and validates a policy document. Unknown keys,
+// duplicate keys and keys not spelled exactly are refused, so that a typo
+// cannot silently drop a rule and a second "acceptmock" cannot override the
+// first (what a namespace stores is what applies).
 func ParsePolicy(data []byte) (*Policy, error) {
 	if len(data) > MaxPolicySize {
 		return nil, fmt.Errorf("policy: %d bytes exceeds the %d-byte limit", len(data), MaxPolicySize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var p Policy
-	if err := dec.Decode(&p); err != nil {
+	if err := strictjson.Unmarshal(data, &p); err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("policy: trailing data after the JSON object")
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -170,21 +169,26 @@ func (p *Policy) Evaluate(v *Verdict) error {
 	if q.Debug() && !p.AllowDebug {
 		errs = append(errs, &Violation{ReasonDebugNotAllowed, "td is a debug TD (TD_ATTRIBUTES.DEBUG set) and allowDebug is false"})
 	}
-	check := func(reason, name, key string, allowed []string, got [MeasurementSize]byte) {
+	// register -1 is MRTD, 0-3 the RTMRs; names are built only on failure.
+	check := func(register int, allowed []string, got [MeasurementSize]byte) {
 		if len(allowed) == 1 && allowed[0] == Wildcard {
 			return
 		}
-		h := fmt.Sprintf("%x", got[:])
+		h := hex.EncodeToString(got[:])
 		for _, a := range allowed {
-			if normalizeHex(a) == h {
+			if a == h || normalizeHex(a) == h {
 				return
 			}
 		}
+		reason, name, key := ReasonMrtdNotAllowed, "mrtd", "allowedMrtd"
+		if register >= 0 {
+			reason, name, key = fmt.Sprintf(reasonRtmrNotAllowedFm, register), fmt.Sprintf("rtmr%d", register), fmt.Sprintf("allowedRtmr%d", register)
+		}
 		errs = append(errs, &Violation{reason, fmt.Sprintf("%s %s not in %s", name, short(h), key)})
 	}
-	check(ReasonMrtdNotAllowed, "mrtd", "allowedMrtd", p.AllowedMrtd, q.MRTD)
+	check(-1, p.AllowedMrtd, q.MRTD)
 	for i, l := range [][]string{p.AllowedRtmr0, p.AllowedRtmr1, p.AllowedRtmr2, p.AllowedRtmr3} {
-		check(fmt.Sprintf(reasonRtmrNotAllowedFm, i), fmt.Sprintf("rtmr%d", i), fmt.Sprintf("allowedRtmr%d", i), l, q.RTMR[i])
+		check(i, l, q.RTMR[i])
 	}
 	if !v.Mock {
 		switch {

@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+
+	"github.com/fleetbox/fleetbox/attest/measurement"
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	"github.com/google/go-tdx-guest/abi"
 	"github.com/google/go-tdx-guest/pcs"
@@ -17,7 +19,7 @@ import (
 
 // MaxQuoteSize bounds every quote fleetbox decodes. Real quotes are about
 // 5 KB (8 KB with padding); the PCK chain dominates.
-const MaxQuoteSize = 64 << 10
+const MaxQuoteSize = measurement.MaxQuoteSize
 
 // Quote is a decoded TDX quote (real V4/V5, or a mock quote).
 type Quote struct {
@@ -33,6 +35,10 @@ type Quote struct {
 	MRConfigID   MRConfigID
 	TDAttributes TDAttributes
 	TeeTcbSvn    TeeTcbSvn
+	// TeeTcbSvn2 is the TDX 1.5 TD report's TEE_TCB_SVN_2 (V5 quotes with
+	// body type 3): the TCB the TD runs on now, after a TD-preserving TDX
+	// module update. Nil otherwise.
+	TeeTcbSvn2 *TeeTcbSvn
 	// Hash is SHA-256 over the signed header and TD report body (for mock
 	// quotes: over the whole mock quote). Trailing padding and the signature
 	// encoding do not change it, so one quote cannot pose as two.
@@ -102,6 +108,11 @@ func ParseQuote(raw []byte) (*Quote, error) {
 			body = d.GetTdQuoteBodyV5() // TDX 1.0 body carried in a V5 quote
 		case v5BodyTypeTDX15:
 			body = d.GetTdQuoteBodyV5()
+			var svn2 TeeTcbSvn
+			if err := copyExact(svn2[:], d.GetTdQuoteBodyV5().GetTeeTcbSvn2(), "TEE_TCB_SVN_2"); err != nil {
+				return nil, err
+			}
+			q.TeeTcbSvn2 = &svn2
 		default:
 			return nil, fmt.Errorf("parsing quote: V5 body type %d is not a TD report", d.GetTdQuoteBodyType())
 		}
@@ -184,7 +195,7 @@ func DecodeQuoteFile(data []byte) ([]byte, error) {
 		return data, nil
 	case trimmed[0] == '[':
 		var vals []int
-		if err := json.Unmarshal(trimmed, &vals); err != nil {
+		if err := strictjson.Unmarshal(trimmed, &vals); err != nil {
 			return nil, fmt.Errorf("quote file: JSON byte array: %w", err)
 		}
 		out := make([]byte, len(vals))
@@ -199,7 +210,7 @@ func DecodeQuoteFile(data []byte) ([]byte, error) {
 		var obj struct {
 			Quote *string `json:"quote"`
 		}
-		if err := json.Unmarshal(trimmed, &obj); err != nil {
+		if err := strictjson.UnmarshalKnown(trimmed, &obj); err != nil {
 			return nil, fmt.Errorf("quote file: JSON object: %w", err)
 		}
 		if obj.Quote == nil {
@@ -211,7 +222,7 @@ func DecodeQuoteFile(data []byte) ([]byte, error) {
 		}
 		return out, nil
 	case isHexText(trimmed):
-		out, err := hex.DecodeString(normalizeHex(string(trimmed)))
+		out, err := hex.DecodeString(normalizeHex(string(stripSpace(trimmed))))
 		if err != nil {
 			return nil, fmt.Errorf("quote file: hex text: %w", err)
 		}
@@ -221,7 +232,41 @@ func DecodeQuoteFile(data []byte) ([]byte, error) {
 	}
 }
 
+// quoteFormOf says which form DecodeQuoteFile read data as.
+func quoteFormOf(data []byte) string {
+	t := bytes.TrimSpace(data)
+	switch {
+	case len(t) == 0:
+		return "nothing"
+	case IsMockQuote(data):
+		return "a mock quote"
+	case t[0] == '[':
+		return "a JSON byte array"
+	case t[0] == '{':
+		return "a JSON object"
+	case isHexText(t):
+		return "hex text"
+	}
+	return "raw bytes"
+}
+
+// QuoteFileForms names the forms DecodeQuoteFile reads, for errors.
+const QuoteFileForms = "raw bytes, hex text (whitespace and line breaks allowed, as xxd -p prints), a JSON array of byte values, a JSON object with a hex \"quote\" field"
+
+// stripSpace removes ASCII whitespace: hex that xxd -p or a mail client
+// wrapped into lines, or spaced into groups.
+func stripSpace(b []byte) []byte {
+	return bytes.Map(func(r rune) rune {
+		switch r {
+		case ' ', '\t', '\n', '\r', '\v', '\f':
+			return -1
+		}
+		return r
+	}, b)
+}
+
 func isHexText(b []byte) bool {
+	b = stripSpace(b)
 	b = bytes.TrimPrefix(bytes.TrimPrefix(b, []byte("0x")), []byte("0X"))
 	if len(b) < 2*headerSize {
 		return false

@@ -73,7 +73,9 @@ func TestTestCAQEAndModuleStatus(t *testing.T) {
 		"qe out of date":          {qesvn: 4, svn: attest.TeeTcbSvn{3}, status: attest.TcbOutOfDate},
 		"tdx 1.5 module current":  {qesvn: 8, svn: attest.TeeTcbSvn{2, 1}, status: attest.TcbUpToDate, module: attest.TcbUpToDate},
 		"tdx 1.5 module outdated": {qesvn: 8, svn: attest.TeeTcbSvn{1, 1}, status: attest.TcbOutOfDate, module: attest.TcbOutOfDate},
-		"tdx 1.5 unknown module":  {qesvn: 8, svn: attest.TeeTcbSvn{2, 7}, status: attest.TcbNoMatchingLevel},
+		// As in Intel's QVL (TDX_MODULE_MISMATCH): no identity to check
+		// MRSIGNERSEAM against, so the quote does not match its collateral.
+		"tdx 1.5 unknown module":  {qesvn: 8, svn: attest.TeeTcbSvn{2, 7}},
 		"tdx 1.0 ignores modules": {qesvn: 8, svn: attest.TeeTcbSvn{1, 0}, status: attest.TcbUpToDate},
 		"qe at the oldest level":  {qesvn: 0, svn: attest.TeeTcbSvn{3}, status: attest.TcbOutOfDate},
 	}
@@ -87,6 +89,12 @@ func TestTestCAQEAndModuleStatus(t *testing.T) {
 			svn := tc.svn
 			raw := p.Quote(t, attesttest.QuoteOptions{TeeTcbSvn: &svn})
 			verdict, err := v.Verify(ctx, raw)
+			if tc.status == "" {
+				if !errors.Is(err, attest.ErrPlatformMismatch) {
+					t.Fatalf("verify: %v, want ErrPlatformMismatch", err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,5 +186,94 @@ func TestGoTdxGuestAcceptsTestCAQuotes(t *testing.T) {
 	}
 	if err := verify.RawTdxQuote(raw, &verify.Options{Now: ts}); err == nil {
 		t.Fatal("go-tdx-guest accepted a test-CA quote under the Intel root")
+	}
+}
+
+// The TDX module is checked against the identity of its own major version
+// (TDX_<major>) and must have zero SEAMATTRIBUTES, as in Intel's QVL; before,
+// a TDX 1.5 module was checked against the top-level tdxModule only, and
+// SEAMATTRIBUTES were only compared under the collateral's mask.
+func TestTDXModuleIdentityChecks(t *testing.T) {
+	ca := attesttest.NewCA(t)
+	p := ca.NewPlatform(t, attesttest.DefaultPlatform)
+	other := [48]byte{0xee}
+	tdx15 := attest.TeeTcbSvn{2, 1}
+	cases := map[string]struct {
+		coll attesttest.CollateralOptions
+		q    attesttest.QuoteOptions
+		ok   bool
+	}{
+		"tdx 1.5, module identity's signer":    {q: attesttest.QuoteOptions{TeeTcbSvn: &tdx15}, ok: true},
+		"tdx 1.5, another module signer":       {coll: attesttest.CollateralOptions{ModuleSigner: &other}, q: attesttest.QuoteOptions{TeeTcbSvn: &tdx15}},
+		"tdx 1.0 ignores module identities":    {coll: attesttest.CollateralOptions{ModuleSigner: &other}, ok: true},
+		"seam attributes outside the mask":     {coll: attesttest.CollateralOptions{ModuleAttributesMask: "0000000000000000"}, q: attesttest.QuoteOptions{SeamAttributes: [8]byte{1}}},
+		"tdx 1.5 seam attributes outside mask": {coll: attesttest.CollateralOptions{ModuleAttributesMask: "0000000000000000"}, q: attesttest.QuoteOptions{TeeTcbSvn: &tdx15, SeamAttributes: [8]byte{0, 0, 0, 0, 0, 0, 0, 0x80}}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			v := attest.NewVerifier(ca.VerifierConfig(attest.StaticCollateral{C: ca.Collateral(t, tc.coll)}, now))
+			_, err := v.Verify(context.Background(), p.Quote(t, tc.q))
+			if tc.ok && err != nil {
+				t.Fatal(err)
+			}
+			if !tc.ok && !errors.Is(err, attest.ErrPlatformMismatch) {
+				t.Fatalf("verify: %v, want ErrPlatformMismatch", err)
+			}
+		})
+	}
+}
+
+// A TD on an OutOfDate TDX module whose platform has since been updated
+// (TEE_TCB_SVN_2 of a TDX 1.5 TD report meets the newest levels) is told to
+// relaunch, as Intel's QVL reports it, instead of OutOfDate; a policy can
+// allow the status by name.
+func TestTDRelaunchAdvised(t *testing.T) {
+	ca := attesttest.NewCA(t)
+	p := ca.NewPlatform(t, attesttest.DefaultPlatform)
+	outdatedModule := attest.TeeTcbSvn{1, 1} // TDX_01 module ISVSVN 1: OutOfDate
+	updated := attest.TeeTcbSvn{2, 1}        // after a TD-preserving update: ISVSVN 2, current
+	notUpdated := attest.TeeTcbSvn{1, 1}     // the platform was not updated
+	cases := map[string]struct {
+		levels []attesttest.Level
+		svn2   *attest.TeeTcbSvn
+		want   attest.TcbStatus
+	}{
+		"updated platform":                 {attesttest.LevelsFor(attest.TcbUpToDate), &updated, attest.TcbTDRelaunchAdvised},
+		"updated platform, config needed":  {attesttest.LevelsFor(attest.TcbConfigurationNeeded), &updated, attest.TcbTDRelaunchAdvisedConfigurationNeeded},
+		"platform not updated":             {attesttest.LevelsFor(attest.TcbUpToDate), &notUpdated, attest.TcbOutOfDate},
+		"V4 quote (no TEE_TCB_SVN_2)":      {attesttest.LevelsFor(attest.TcbUpToDate), nil, attest.TcbOutOfDate},
+		"SGX TCB out of date: no relaunch": {attesttest.LevelsFor(attest.TcbOutOfDate), &updated, attest.TcbOutOfDate},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			v := attest.NewVerifier(ca.VerifierConfig(attest.StaticCollateral{C: ca.Collateral(t, attesttest.CollateralOptions{Levels: tc.levels})}, now))
+			raw := p.Quote(t, attesttest.QuoteOptions{TeeTcbSvn: &outdatedModule, TeeTcbSvn2: tc.svn2})
+			verdict, err := v.Verify(context.Background(), raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if verdict.TcbStatus != tc.want || verdict.TdxModuleTcbStatus != attest.TcbOutOfDate {
+				t.Fatalf("status %s (module %s), want %s", verdict.TcbStatus, verdict.TdxModuleTcbStatus, tc.want)
+			}
+			if tc.svn2 != nil && (verdict.Quote.Version != 5 || *verdict.Quote.TeeTcbSvn2 != *tc.svn2) {
+				t.Fatalf("quote version %d, TEE_TCB_SVN_2 %v", verdict.Quote.Version, verdict.Quote.TeeTcbSvn2)
+			}
+		})
+	}
+	// The default policy refuses it; one that names it admits it.
+	pol, err := attest.ParsePolicy([]byte(`{"allowedMrtd":["*"],"allowedRtmr0":["*"],"allowedRtmr1":["*"],"allowedRtmr2":["*"],"allowedRtmr3":["*"],"allowedTcbStatuses":["UpToDate","TDRelaunchAdvised"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := attest.NewVerifier(ca.VerifierConfig(attest.StaticCollateral{C: ca.Collateral(t, attesttest.CollateralOptions{})}, now))
+	verdict, err := v.Verify(context.Background(), p.Quote(t, attesttest.QuoteOptions{TeeTcbSvn: &outdatedModule, TeeTcbSvn2: &updated}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pol.Evaluate(verdict); err != nil {
+		t.Fatalf("a policy allowing TDRelaunchAdvised refused it: %v", err)
+	}
+	if err := attest.DefaultPolicy().Evaluate(verdict); err == nil {
+		t.Fatal("the default policy admitted TDRelaunchAdvised")
 	}
 }

@@ -4,125 +4,41 @@
 // bytes, ParseQuote decodes them into typed values, a Verifier checks the
 // signature chain and collateral and reports the TCB status as a Verdict, and
 // a Policy (TeeAdmissionPolicy) judges the Verdict.
+//
+// The typed values themselves live in attest/measurement (standard library
+// only); the names below are aliases, so either import works.
 package attest
 
-import (
-	"encoding/hex"
-	"fmt"
-	"strings"
-)
+import "github.com/fleetbox/fleetbox/attest/measurement"
 
 // Sizes of the TDX measurement values (Intel TDX DCAP Quoting Library API,
 // appendix A.3.2 "TD Quote Body").
 const (
-	MeasurementSize = 48
-	ReportDataSize  = 64
-	NonceSize       = 32
+	MeasurementSize = measurement.MeasurementSize
+	ReportDataSize  = measurement.ReportDataSize
+	NonceSize       = measurement.NonceSize
 )
 
-// MRTD is the build-time measurement of the TD (initial memory and firmware).
-type MRTD [MeasurementSize]byte
+// The quote's typed values (see attest/measurement).
+type (
+	MRTD         = measurement.MRTD
+	RTMR         = measurement.RTMR
+	MRConfigID   = measurement.MRConfigID
+	ReportData   = measurement.ReportData
+	QuoteHash    = measurement.QuoteHash
+	FMSPC        = measurement.FMSPC
+	TeeTcbSvn    = measurement.TeeTcbSvn
+	TDAttributes = measurement.TDAttributes
+)
 
-// RTMR is a run-time measurement register value.
-type RTMR [MeasurementSize]byte
+// ParseMRTD and ParseRTMR parse hex in any case, with or without 0x.
+var (
+	ParseMRTD = measurement.ParseMRTD
+	ParseRTMR = measurement.ParseRTMR
+)
 
-// MRConfigID is the TD's software-defined configuration ID.
-type MRConfigID [MeasurementSize]byte
+func normalizeHex(s string) string { return measurement.NormalizeHex(s) }
 
-// ReportData is the 64 bytes of caller data bound into a quote.
-type ReportData [ReportDataSize]byte
+func parseHexInto(dst []byte, s, what string) error { return measurement.ParseHex(dst, s, what) }
 
-// QuoteHash identifies a quote for replay protection: SHA-256 over the signed
-// header and TD report body (see Quote.Hash).
-type QuoteHash [32]byte
-
-// FMSPC identifies the platform type (family, model, stepping, platform
-// configuration) from the PCK certificate's SGX extension.
-type FMSPC [6]byte
-
-// TeeTcbSvn is the TDX module's TCB security version array.
-type TeeTcbSvn [16]byte
-
-// TDAttributes are the TD's attributes (TDX Module spec, TDINFO_STRUCT).
-type TDAttributes [8]byte
-
-// Debug reports whether the TD runs with the DEBUG attribute (bit 0), which
-// lets the host read and change its memory.
-func (a TDAttributes) Debug() bool { return a[0]&0x01 != 0 }
-
-func (m MRTD) String() string         { return hex.EncodeToString(m[:]) }
-func (r RTMR) String() string         { return hex.EncodeToString(r[:]) }
-func (m MRConfigID) String() string   { return hex.EncodeToString(m[:]) }
-func (r ReportData) String() string   { return hex.EncodeToString(r[:]) }
-func (h QuoteHash) String() string    { return hex.EncodeToString(h[:]) }
-func (f FMSPC) String() string        { return hex.EncodeToString(f[:]) }
-func (s TeeTcbSvn) String() string    { return hex.EncodeToString(s[:]) }
-func (a TDAttributes) String() string { return hex.EncodeToString(a[:]) }
-
-func (m MRTD) MarshalText() ([]byte, error)         { return hexText(m[:]), nil }
-func (r RTMR) MarshalText() ([]byte, error)         { return hexText(r[:]), nil }
-func (m MRConfigID) MarshalText() ([]byte, error)   { return hexText(m[:]), nil }
-func (r ReportData) MarshalText() ([]byte, error)   { return hexText(r[:]), nil }
-func (h QuoteHash) MarshalText() ([]byte, error)    { return hexText(h[:]), nil }
-func (f FMSPC) MarshalText() ([]byte, error)        { return hexText(f[:]), nil }
-func (s TeeTcbSvn) MarshalText() ([]byte, error)    { return hexText(s[:]), nil }
-func (a TDAttributes) MarshalText() ([]byte, error) { return hexText(a[:]), nil }
-
-func (m *MRTD) UnmarshalText(b []byte) error { return parseHexInto(m[:], string(b), "mrtd") }
-func (r *RTMR) UnmarshalText(b []byte) error { return parseHexInto(r[:], string(b), "rtmr") }
-func (m *MRConfigID) UnmarshalText(b []byte) error {
-	return parseHexInto(m[:], string(b), "mrConfigId")
-}
-func (r *ReportData) UnmarshalText(b []byte) error {
-	return parseHexInto(r[:], string(b), "reportData")
-}
-func (h *QuoteHash) UnmarshalText(b []byte) error { return parseHexInto(h[:], string(b), "quoteHash") }
-func (f *FMSPC) UnmarshalText(b []byte) error     { return parseHexInto(f[:], string(b), "fmspc") }
-func (s *TeeTcbSvn) UnmarshalText(b []byte) error { return parseHexInto(s[:], string(b), "teeTcbSvn") }
-func (a *TDAttributes) UnmarshalText(b []byte) error {
-	return parseHexInto(a[:], string(b), "tdAttributes")
-}
-
-// ParseMRTD parses lowercase or uppercase hex, with or without 0x.
-func ParseMRTD(s string) (MRTD, error) {
-	var m MRTD
-	return m, parseHexInto(m[:], s, "mrtd")
-}
-
-// ParseRTMR parses lowercase or uppercase hex, with or without 0x.
-func ParseRTMR(s string) (RTMR, error) {
-	var r RTMR
-	return r, parseHexInto(r[:], s, "rtmr")
-}
-
-func hexText(b []byte) []byte {
-	out := make([]byte, hex.EncodedLen(len(b)))
-	hex.Encode(out, b)
-	return out
-}
-
-// normalizeHex lowercases s and strips an optional 0x prefix, the form policy
-// lists are compared in.
-func normalizeHex(s string) string {
-	s = strings.ToLower(strings.TrimSpace(s))
-	return strings.TrimPrefix(s, "0x")
-}
-
-func parseHexInto(dst []byte, s, what string) error {
-	n := normalizeHex(s)
-	if len(n) != 2*len(dst) {
-		return fmt.Errorf("%s %q: want %d hex characters, got %d", what, short(s), 2*len(dst), len(n))
-	}
-	if _, err := hex.Decode(dst, []byte(n)); err != nil {
-		return fmt.Errorf("%s %q: %w", what, short(s), err)
-	}
-	return nil
-}
-
-// short abbreviates long hex in messages: "5e1f…a0b2".
-func short(s string) string {
-	if len(s) <= 16 {
-		return s
-	}
-	return s[:8] + "…" + s[len(s)-4:]
-}
+func short(s string) string { return measurement.Short(s) }

@@ -16,6 +16,12 @@ const (
 	TcbOutOfDate                         TcbStatus = "OutOfDate"
 	TcbOutOfDateConfigurationNeeded      TcbStatus = "OutOfDateConfigurationNeeded"
 	TcbRevoked                           TcbStatus = "Revoked"
+	// The TD runs on an OutOfDate TDX module, but the platform has since
+	// been updated (a TD-preserving module update, TEE_TCB_SVN_2 of a TDX
+	// 1.5 TD report): relaunching the TD brings it up to date. Intel's QVL
+	// reports these instead of OutOfDate (TDRelaunchCheck).
+	TcbTDRelaunchAdvised                    TcbStatus = "TDRelaunchAdvised"
+	TcbTDRelaunchAdvisedConfigurationNeeded TcbStatus = "TDRelaunchAdvisedConfigurationNeeded"
 )
 
 // fleetbox's outcomes where Intel's collateral gives no status.
@@ -32,7 +38,8 @@ const (
 // IntelStatuses lists the statuses Intel's TCB Info can report, best first.
 var IntelStatuses = []TcbStatus{
 	TcbUpToDate, TcbSWHardeningNeeded, TcbConfigurationNeeded,
-	TcbConfigurationAndSWHardeningNeeded, TcbOutOfDate,
+	TcbConfigurationAndSWHardeningNeeded, TcbTDRelaunchAdvised,
+	TcbTDRelaunchAdvisedConfigurationNeeded, TcbOutOfDate,
 	TcbOutOfDateConfigurationNeeded, TcbRevoked,
 }
 

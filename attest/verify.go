@@ -540,7 +540,7 @@ func (cc *checkedCollateral) validAt(at time.Time, crls bool) error {
 	c := cc.c
 	window := func(what string, from, to time.Time) error {
 		if at.Before(from) {
-			return fmt.Errorf("%w: %s is not valid before %s (verification time %s)", ErrCollateralInvalid, what, from.UTC().Format(time.RFC3339), at.Format(time.RFC3339))
+			return fmt.Errorf("%w: %w: %s is not valid before %s (verification time %s)", ErrCollateralInvalid, ErrCollateralNotYetValid, what, from.UTC().Format(time.RFC3339), at.Format(time.RFC3339))
 		}
 		if at.After(to) {
 			return fmt.Errorf("%w: %s nextUpdate %s is before the verification time %s", ErrCollateralExpired, what, to.UTC().Format(time.RFC3339), at.Format(time.RFC3339))
@@ -612,10 +612,10 @@ type seamProvider interface {
 func judgeTcb(verdict *Verdict, q *Quote, ch *pckChain, c *Collateral, qe *pb.EnclaveReport) error {
 	ti := &c.TcbInfo
 	if !strings.EqualFold(ti.Fmspc, ch.ext.FMSPC) {
-		return fmt.Errorf("%w: quote's FMSPC %s, tcbInfo's %s", ErrPlatformMismatch, strings.ToLower(ch.ext.FMSPC), strings.ToLower(ti.Fmspc))
+		return fmt.Errorf("%w: %w: quote's FMSPC %s, tcbInfo's %s", ErrPlatformMismatch, ErrCollateralPlatform, strings.ToLower(ch.ext.FMSPC), strings.ToLower(ti.Fmspc))
 	}
 	if !strings.EqualFold(ti.PceID, ch.ext.PCEID) {
-		return fmt.Errorf("%w: quote's PCEID %s, tcbInfo's %s", ErrPlatformMismatch, ch.ext.PCEID, ti.PceID)
+		return fmt.Errorf("%w: %w: quote's PCEID %s, tcbInfo's %s", ErrPlatformMismatch, ErrCollateralPlatform, ch.ext.PCEID, ti.PceID)
 	}
 	var body seamProvider
 	switch p := q.proto.(type) {
@@ -624,12 +624,8 @@ func judgeTcb(verdict *Verdict, q *Quote, ch *pckChain, c *Collateral, qe *pb.En
 	case *pb.QuoteV5:
 		body = p.GetTdQuoteBodyDescriptor().GetTdQuoteBodyV5()
 	}
-	if !bytes.Equal(ti.TdxModule.Mrsigner.Bytes, body.GetMrSignerSeam()) {
-		return fmt.Errorf("%w: MRSIGNERSEAM %x is not tcbInfo's TDX module signer %x", ErrPlatformMismatch, body.GetMrSignerSeam(), ti.TdxModule.Mrsigner.Bytes)
-	}
-	attrs := body.GetSeamAttributes()
-	if len(ti.TdxModule.AttributesMask.Bytes) != len(attrs) || !bytes.Equal(mask(attrs, ti.TdxModule.AttributesMask.Bytes), ti.TdxModule.Attributes.Bytes) {
-		return fmt.Errorf("%w: SEAMATTRIBUTES %x do not match tcbInfo's TDX module attributes", ErrPlatformMismatch, attrs)
+	if err := checkSeam(ti, q.TeeTcbSvn, body); err != nil {
+		return err
 	}
 	if err := checkQEIdentity(qe, &c.QeIdentity); err != nil {
 		return err
@@ -663,6 +659,9 @@ func judgeTcb(verdict *Verdict, q *Quote, ch *pckChain, c *Collateral, qe *pb.En
 		status = convergeStatus(status, verdict.TdxModuleTcbStatus)
 		verdict.AdvisoryIDs = appendNew(verdict.AdvisoryIDs, mod.AdvisoryIDs...)
 	}
+	if q.TeeTcbSvn2 != nil {
+		status = relaunchStatus(ti, ch.ext, *q.TeeTcbSvn2, status, verdict.TdxModuleTcbStatus, verdict.QeTcbStatus)
+	}
 	switch verdict.QeTcbStatus {
 	case TcbNoMatchingLevel:
 		verdict.TcbStatus = TcbNoMatchingLevel
@@ -672,6 +671,126 @@ func judgeTcb(verdict *Verdict, q *Quote, ch *pckChain, c *Collateral, qe *pb.En
 		status = convergeStatus(status, verdict.QeTcbStatus)
 	}
 	verdict.TcbStatus = status
+	return nil
+}
+
+// checkSeam checks the TDX module that made the quote against the TCB Info:
+// for a TDX 1.5 module (TEE_TCB_SVN[1] > 0) against the matching
+// tdxModuleIdentities entry, TDX_<major>, otherwise against the top-level
+// tdxModule; MRSIGNERSEAM must equal its mrsigner and the masked
+// SEAMATTRIBUTES its attributes. SEAMATTRIBUTES must be zero in any case,
+// as in Intel's reference QVL (no production TDX module sets any).
+func checkSeam(ti *pcs.TcbInfo, svn TeeTcbSvn, body seamProvider) error {
+	signer, attrs, attrMask := ti.TdxModule.Mrsigner.Bytes, ti.TdxModule.Attributes.Bytes, ti.TdxModule.AttributesMask.Bytes
+	what := "tcbInfo's tdxModule"
+	if svn[1] > 0 {
+		id := fmt.Sprintf("TDX_%02X", svn[1])
+		found := false
+		for _, m := range ti.TdxModuleIdentities {
+			if strings.EqualFold(m.ID, id) {
+				signer, attrs, attrMask, found = m.Mrsigner.Bytes, m.Attributes.Bytes, m.AttributesMask.Bytes, true
+				break
+			}
+		}
+		if !found {
+			return fmt.Errorf("%w: tcbInfo has no TDX module identity %s for TEE_TCB_SVN[1] = %d", ErrPlatformMismatch, id, svn[1])
+		}
+		what = "tcbInfo's TDX module identity " + id
+	}
+	if !bytes.Equal(signer, body.GetMrSignerSeam()) {
+		return fmt.Errorf("%w: MRSIGNERSEAM %x is not the signer %x of %s", ErrPlatformMismatch, body.GetMrSignerSeam(), signer, what)
+	}
+	sa := body.GetSeamAttributes()
+	if len(attrMask) != len(sa) || !bytes.Equal(mask(sa, attrMask), attrs) {
+		return fmt.Errorf("%w: SEAMATTRIBUTES %x do not match the attributes of %s", ErrPlatformMismatch, sa, what)
+	}
+	if !bytes.Equal(sa, make([]byte, len(sa))) {
+		return fmt.Errorf("%w: SEAMATTRIBUTES %x are not zero", ErrPlatformMismatch, sa)
+	}
+	return nil
+}
+
+// relaunchStatus implements Intel's TD relaunch check (QVL TDRelaunchCheck,
+// after the TDX module convergence and before the QE's): a TD that runs on an
+// OutOfDate TDX module, on a platform whose SGX TCB is current and whose
+// TEE_TCB_SVN_2 (the TCB after a TD-preserving module update) meets the
+// newest TCB level (and, for TDX 1.5, the newest level of its module
+// identity), is told to relaunch rather than that it is out of date.
+func relaunchStatus(ti *pcs.TcbInfo, ext *pcs.PckExtensions, svn2 TeeTcbSvn, status, module, qe TcbStatus) TcbStatus {
+	switch qe {
+	case TcbOutOfDate, TcbOutOfDateConfigurationNeeded, TcbRevoked, TcbNoMatchingLevel:
+		return status
+	}
+	if module != TcbOutOfDate || (status != TcbOutOfDate && status != TcbOutOfDateConfigurationNeeded) || len(ti.TcbLevels) == 0 {
+		return status
+	}
+	sgx := matchSGXLevel(ti.TcbLevels, ext)
+	if sgx == nil {
+		return status
+	}
+	sgxStatus := TcbStatus(sgx.TcbStatus)
+	switch sgxStatus {
+	case TcbUpToDate, TcbSWHardeningNeeded, TcbConfigurationNeeded, TcbConfigurationAndSWHardeningNeeded:
+	default:
+		return status
+	}
+	latest := &ti.TcbLevels[0]
+	if len(latest.Tcb.TdxTcbcomponents) < 3 || svn2[2] < latest.Tcb.TdxTcbcomponents[2].Svn {
+		return status
+	}
+	if svn2[1] == 0 {
+		if svn2[0] < latest.Tcb.TdxTcbcomponents[0].Svn {
+			return status
+		}
+	} else {
+		id := fmt.Sprintf("TDX_%02X", svn2[1])
+		var levels []pcs.TcbLevel
+		for _, m := range ti.TdxModuleIdentities {
+			if strings.EqualFold(m.ID, id) {
+				levels = m.TcbLevels
+			}
+		}
+		if len(levels) == 0 || uint32(svn2[0]) < levels[0].Tcb.Isvsvn {
+			return status
+		}
+	}
+	if configNeeded(sgxStatus) || configNeeded(status) {
+		return TcbTDRelaunchAdvisedConfigurationNeeded
+	}
+	return TcbTDRelaunchAdvised
+}
+
+func configNeeded(s TcbStatus) bool {
+	switch s {
+	case TcbConfigurationNeeded, TcbOutOfDateConfigurationNeeded, TcbConfigurationAndSWHardeningNeeded, TcbTDRelaunchAdvisedConfigurationNeeded:
+		return true
+	}
+	return false
+}
+
+// meetsSGX reports whether the PCK certificate's SGX TCB components and
+// PCESVN are each at least the level's.
+func meetsSGX(l *pcs.TcbLevel, ext *pcs.PckExtensions) bool {
+	cpu := ext.TCB.CPUSvnComponents
+	if len(l.Tcb.SgxTcbcomponents) != len(cpu) {
+		return false
+	}
+	for j := range cpu {
+		if cpu[j] < l.Tcb.SgxTcbcomponents[j].Svn {
+			return false
+		}
+	}
+	return ext.TCB.PCESvn >= l.Tcb.Pcesvn
+}
+
+// matchSGXLevel returns the first TCB level the PCK certificate's SGX
+// components and PCESVN meet, TDX components aside (QVL's SGX TCB level).
+func matchSGXLevel(levels []pcs.TcbLevel, ext *pcs.PckExtensions) *pcs.TcbLevel {
+	for i := range levels {
+		if meetsSGX(&levels[i], ext) {
+			return &levels[i]
+		}
+	}
 	return nil
 }
 
@@ -707,15 +826,7 @@ func matchTcbLevel(levels []pcs.TcbLevel, ext *pcs.PckExtensions, svn TeeTcbSvn)
 next:
 	for i := range levels {
 		l := &levels[i]
-		if len(l.Tcb.SgxTcbcomponents) != len(cpu) || len(l.Tcb.TdxTcbcomponents) != len(svn) {
-			continue
-		}
-		for j := range cpu {
-			if cpu[j] < l.Tcb.SgxTcbcomponents[j].Svn {
-				continue next
-			}
-		}
-		if ext.TCB.PCESvn < l.Tcb.Pcesvn {
+		if len(l.Tcb.TdxTcbcomponents) != len(svn) || !meetsSGX(l, ext) {
 			continue
 		}
 		for j := start; j < len(svn); j++ {

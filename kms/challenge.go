@@ -15,6 +15,8 @@ import (
 // Challenge errors.
 var (
 	ErrTooManyChallenges = errors.New("too many pending challenges")
+	// ErrAddressChallenges: one source address holds its share of the pool.
+	ErrAddressChallenges = errors.New("too many pending challenges for this source address")
 	ErrUnknownChallenge  = errors.New("unknown or already used challenge")
 	ErrChallengeExpired  = errors.New("challenge expired")
 	ErrChallengePeer     = errors.New("challenge was issued to another peer")
@@ -22,6 +24,7 @@ var (
 
 type challenge struct {
 	peerID  string
+	addr    string // source address it was issued to (sourceKey)
 	nonce   [attest.NonceSize]byte
 	expires time.Time
 }
@@ -35,24 +38,41 @@ type expiry struct {
 // TTL and a cap. Since every challenge gets the same TTL, expiries come in
 // issue order, and a FIFO queue finds the expired ones without a timer.
 type challenges struct {
-	ttl time.Duration
-	max int
-	now func() time.Time
+	ttl     time.Duration
+	max     int
+	maxAddr int // pending per source address; negative: no cap
+	now     func() time.Time
 
-	mu      sync.Mutex // guards pending and queue
+	mu      sync.Mutex // guards pending, queue and perAddr
 	pending map[string]*challenge
 	queue   []expiry // issue order; entries of consumed challenges linger until they expire
+	perAddr map[string]int
 }
 
-func newChallenges(ttl time.Duration, max int, now func() time.Time) *challenges {
-	return &challenges{ttl: ttl, max: max, now: now, pending: make(map[string]*challenge)}
+func newChallenges(ttl time.Duration, max, maxAddr int, now func() time.Time) *challenges {
+	return &challenges{ttl: ttl, max: max, maxAddr: maxAddr, now: now, pending: make(map[string]*challenge), perAddr: make(map[string]int)}
+}
+
+// remove drops a pending challenge. Called with mu held.
+func (c *challenges) remove(id string) (*challenge, bool) {
+	ch, ok := c.pending[id]
+	if !ok {
+		return nil, false
+	}
+	delete(c.pending, id)
+	if n := c.perAddr[ch.addr] - 1; n > 0 {
+		c.perAddr[ch.addr] = n
+	} else {
+		delete(c.perAddr, ch.addr)
+	}
+	return ch, true
 }
 
 // sweep drops expired challenges. Called with mu held.
 func (c *challenges) sweep(now time.Time) {
 	i := 0
 	for ; i < len(c.queue) && !now.Before(c.queue[i].expires); i++ {
-		delete(c.pending, c.queue[i].id)
+		c.remove(c.queue[i].id)
 	}
 	if i > 0 {
 		c.queue = append(c.queue[:0], c.queue[i:]...)
@@ -70,8 +90,8 @@ func (c *challenges) sweep(now time.Time) {
 	}
 }
 
-// issue creates a challenge for peerID.
-func (c *challenges) issue(peerID string) (id string, nonce [attest.NonceSize]byte, expires time.Time, err error) {
+// issue creates a challenge for peerID, asked for from source address addr.
+func (c *challenges) issue(peerID, addr string) (id string, nonce [attest.NonceSize]byte, expires time.Time, err error) {
 	var raw [api.ChallengeIDSize + attest.NonceSize]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return "", nonce, expires, err
@@ -83,10 +103,14 @@ func (c *challenges) issue(peerID string) (id string, nonce [attest.NonceSize]by
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.sweep(now)
+	if c.maxAddr >= 0 && c.perAddr[addr] >= c.maxAddr {
+		return "", nonce, expires, ErrAddressChallenges
+	}
 	if len(c.pending) >= c.max {
 		return "", nonce, expires, ErrTooManyChallenges
 	}
-	c.pending[id] = &challenge{peerID: peerID, nonce: nonce, expires: expires}
+	c.pending[id] = &challenge{peerID: peerID, addr: addr, nonce: nonce, expires: expires}
+	c.perAddr[addr]++
 	c.queue = append(c.queue, expiry{id, expires})
 	return id, nonce, expires, nil
 }
@@ -96,8 +120,7 @@ func (c *challenges) issue(peerID string) (id string, nonce [attest.NonceSize]by
 func (c *challenges) consume(id, peerID string) ([attest.NonceSize]byte, error) {
 	now := c.now()
 	c.mu.Lock()
-	ch, ok := c.pending[id]
-	delete(c.pending, id)
+	ch, ok := c.remove(id)
 	c.mu.Unlock()
 	switch {
 	case !ok:

@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/fleetbox/fleetbox/internal/strictjson"
+
 	"github.com/fleetbox/fleetbox/attest"
 )
 
@@ -84,7 +86,7 @@ func (a *DstackAgent) call(ctx context.Context, method string, req, resp any) er
 		// The body is not echoed: for GetKey it might carry key material.
 		return fmt.Errorf("%w: %s: HTTP %d", ErrAgent, method, res.StatusCode)
 	}
-	if err := json.Unmarshal(data, resp); err != nil {
+	if err := strictjson.UnmarshalKnown(data, resp); err != nil {
 		return fmt.Errorf("%w: %s: response is not the expected JSON", ErrAgent, method)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 	"time"
@@ -26,6 +27,13 @@ import (
 type apiError struct {
 	code    string
 	details []string
+	// retryAfter, when set, becomes a Retry-After header (429, 503).
+	retryAfter time.Duration
+}
+
+// rateLimited is a 429 refusal that says when to come back.
+func rateLimited(d time.Duration, detail string) *apiError {
+	return &apiError{code: api.CodeRateLimited, details: []string{detail}, retryAfter: d}
 }
 
 func refuse(code string, details ...string) *apiError { return &apiError{code: code, details: details} }
@@ -39,6 +47,19 @@ func (s *Server) routes() http.Handler {
 				w.Header().Set("Allow", method)
 				writeError(w, refuse(api.CodeMethodNotAllowed, path+" takes "+method))
 				return
+			}
+			// A browser's cross-site "simple" POST cannot declare JSON, so
+			// requiring it keeps web pages from reaching the KMS.
+			if method == http.MethodPost {
+				if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+					writeError(w, refuse(api.CodeUnsupportedMediaType, fmt.Sprintf("Content-Type %q, want application/json", r.Header.Get("Content-Type"))))
+					return
+				}
+				if ok, wait := s.byAddr.take(sourceKey(r), s.cfg.Now()); !ok {
+					s.m.rateLimited.WithLabelValues("address").Inc()
+					writeError(w, rateLimited(wait, fmt.Sprintf("more than %g requests per second from this address", s.limits.AddressRate)))
+					return
+				}
 			}
 			h(w, r)
 		}))
@@ -89,6 +110,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, e *apiError) {
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(e.retryAfter)))
+	}
 	writeJSON(w, api.Status(e.code), api.Error{Error: e.code, Details: e.details})
 }
 
@@ -118,8 +142,14 @@ func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) {
 		writeError(w, shapeRefusal(err))
 		return
 	}
-	id, nonce, exp, err := s.ch.issue(req.PeerID)
+	id, nonce, exp, err := s.ch.issue(req.PeerID, sourceKey(r))
 	if err != nil {
+		if errors.Is(err, ErrAddressChallenges) {
+			s.m.rateLimited.WithLabelValues("address_pending").Inc()
+			writeError(w, rateLimited(s.cfg.ChallengeTTL/10,
+				fmt.Sprintf("%d challenges are pending for this address; use or let them expire", s.limits.PendingPerAddress)))
+			return
+		}
 		if errors.Is(err, ErrTooManyChallenges) {
 			s.m.challengesFull.Inc()
 			writeError(w, refuse(api.CodeTooManyChallenges, fmt.Sprintf("%d challenges are pending; retry later", s.cfg.MaxPendingChallenges)))
@@ -134,8 +164,21 @@ func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// auditWait bounds how long a decision waits for its audit commit.
+const auditWait = 30 * time.Second
+
 func (s *Server) handleGetKey(w http.ResponseWriter, r *http.Request) {
-	rel, ev, aerr := s.release(r.Context(), w, r)
+	rel, ev, verified, aerr := s.release(r.Context(), w, r)
+	if aerr != nil && !verified {
+		// No identity was proven (bad shape, unknown challenge, bad
+		// signature, no policy yet, rate limited): anyone can send these
+		// for free, so they are counted, not written to the audit log,
+		// which keeps every decision about a verified request.
+		s.m.denials.WithLabelValues(aerr.code).Inc()
+		s.log.Debug("unverified key request refused", "reason", aerr.code)
+		writeError(w, aerr)
+		return
+	}
 	ev.Time = s.cfg.Now().UTC()
 	ev.Profile = s.cfg.Profile
 	if aerr != nil {
@@ -144,16 +187,23 @@ func (s *Server) handleGetKey(w http.ResponseWriter, r *http.Request) {
 		ev.Decision = audit.Granted
 	}
 	// The decision is on disk before the response leaves; if it cannot be
-	// recorded, no key leaves either.
-	seq, err := s.audit.Append(r.Context(), ev)
+	// recorded, no key leaves either. The append does not follow the
+	// request's context: a requester that hangs up does not decide whether
+	// its decision is recorded.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), auditWait)
+	seq, err := s.audit.Append(actx, ev)
+	cancel()
 	if err != nil && rel != nil {
 		clear(rel.delivered)
 	}
 	if err != nil {
-		s.log.Error("audit append failed; refusing", "peer", ev.PeerID, "err", err)
+		s.log.Error("audit append failed; no key leaves", "peer", ev.PeerID, "decision", ev.Decision, "err", err)
 		s.m.denials.WithLabelValues(api.CodeInternal).Inc()
 		writeError(w, refuse(api.CodeInternal, "the decision could not be recorded in the audit log"))
 		return
+	}
+	if r.Context().Err() != nil {
+		s.log.Info("requester went away before the answer; the decision is recorded", "peer", ev.PeerID, "decision", ev.Decision, "auditSeq", seq)
 	}
 	if aerr != nil {
 		s.m.denials.WithLabelValues(aerr.code).Inc()
@@ -192,17 +242,19 @@ func capDetails(d []string) []string {
 }
 
 // release runs the /get-key checks in order, stopping at the first failure:
-// shape, policy loaded, challenge, key/peer/signature, quote, binding,
-// policy; then derives (and seals) the key. ev collects what the audit
-// record says.
-func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Request) (rel *released, ev audit.Event, aerr *apiError) {
+// shape, policy loaded, challenge, key/peer/signature, the peer's rate,
+// quote, binding, policy; then derives (and seals) the key. ev collects what
+// the audit record says; verified is true once the signature proved the
+// peer ID, from which point every decision is audited.
+func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Request) (*released, audit.Event, bool, *apiError) {
+	var ev audit.Event
 	body, aerr := readBody(w, r, api.MaxGetKeyBody)
 	if aerr != nil {
-		return nil, ev, aerr
+		return nil, ev, false, aerr
 	}
 	req, err := api.DecodeGetKeyRequest(body)
 	if err != nil {
-		return nil, ev, shapeRefusal(err)
+		return nil, ev, false, shapeRefusal(err)
 	}
 	ev.PeerID = req.PeerIDText
 	ev.InstanceID = req.InstanceID
@@ -212,40 +264,52 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 	// reload lands meanwhile. Without one nothing is consumed: retry later.
 	pol := s.policy.Load()
 	if pol == nil {
-		return nil, ev, refuse(api.CodePolicyNotReady, "the KMS has no valid admission policy loaded")
+		return nil, ev, false, refuse(api.CodePolicyNotReady, "the KMS has no valid admission policy loaded")
 	}
 
 	// Consumed whatever happens next: a refused request cannot be retried
 	// with the same challenge.
 	nonce, err := s.ch.consume(req.ChallengeID, req.PeerIDText)
 	if err != nil {
-		return nil, ev, refuse(api.CodeInvalidChallenge, err.Error())
+		return nil, ev, false, refuse(api.CodeInvalidChallenge, err.Error())
 	}
 
 	derived, err := peerIDOf(req)
 	if err != nil {
-		return nil, ev, refuse(api.CodeInvalidSignature, err.Error())
+		return nil, ev, false, refuse(api.CodeInvalidSignature, err.Error())
 	}
 	if derived != req.PeerID {
-		return nil, ev, refuse(api.CodeInvalidSignature, "peerPublicKeyB64 derives peer "+derived.String()+", not "+req.PeerIDText)
+		return nil, ev, false, refuse(api.CodeInvalidSignature, "peerPublicKeyB64 derives peer "+derived.String()+", not "+req.PeerIDText)
 	}
 	q, err := attest.ParseQuote(req.Quote)
 	if err != nil {
-		return nil, ev, refuse(api.CodeAttestationInvalid, err.Error())
+		return nil, ev, false, refuse(api.CodeAttestationInvalid, err.Error())
 	}
 	ev.QuoteHash = q.Hash.String()
 	msg := api.SigningMessage(req.ChallengeID, nonce, req.PeerIDText, q.Hash, req.SealTo, req.InstanceID)
 	if ok, err := req.PublicKey.Verify(msg, req.Signature); err != nil || !ok {
-		return nil, ev, refuse(api.CodeInvalidSignature, "signatureB64 does not verify over the canonical request with peerPublicKeyB64")
+		return nil, ev, false, refuse(api.CodeInvalidSignature, "signatureB64 does not verify over the canonical request with peerPublicKeyB64")
+	}
+	// The peer ID is proven from here on: limit it, and audit every
+	// decision about it.
+	if ok, wait := s.byPeer.take(req.PeerIDText, s.cfg.Now()); !ok {
+		s.m.rateLimited.WithLabelValues("peer").Inc()
+		return nil, ev, false, rateLimited(wait, fmt.Sprintf("more than %g key requests per second for this peer", s.limits.PeerRate))
 	}
 
 	verdict, err := s.cfg.Verifier.VerifyQuoteAt(ctx, q, s.cfg.Now())
 	if err != nil {
-		if errors.Is(err, attest.ErrCollateralExpired) || errors.Is(err, ErrCollateralUnavailable) {
-			s.log.Error("collateral is stale; refusing key releases until it is refreshed", "err", err)
-			return nil, ev, refuse(api.CodeCollateralUnavailable, err.Error())
+		code := attest.CollateralReason(err)
+		if errors.Is(err, ErrCollateralUnavailable) {
+			code = api.CodeCollateralUnavailable
 		}
-		return nil, ev, refuse(api.CodeAttestationInvalid, err.Error())
+		if code != "" {
+			// The KMS's collateral is at fault, not the quote: a distinct
+			// code, and 503 so that the node retries.
+			s.log.Error("collateral does not serve; refusing key releases until it does", "reason", code, "err", err)
+			return nil, ev, true, refuse(code, err.Error())
+		}
+		return nil, ev, true, refuse(api.CodeAttestationInvalid, err.Error())
 	}
 	ev.MRTD = q.MRTD.String()
 	ev.RTMR = []string{q.RTMR[0].String(), q.RTMR[1].String(), q.RTMR[2].String(), q.RTMR[3].String()}
@@ -260,13 +324,13 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 		case req.SealTo != nil:
 			want = "nonce || SHA-256(peerId || sealTo)"
 		}
-		return nil, ev, refuse(api.CodeReportDataMismatch, "quote report_data is not "+want)
+		return nil, ev, true, refuse(api.CodeReportDataMismatch, "quote report_data is not "+want)
 	}
 
 	var elog *eventlog.Log
 	if req.EventLog != nil {
 		if elog, aerr = checkEventLog(req.EventLog, q); aerr != nil {
-			return nil, ev, aerr
+			return nil, ev, true, aerr
 		}
 	}
 
@@ -280,20 +344,20 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 			details = []string{err.Error()}
 		}
 		details = append(details, s.eventDiff(elog, vs)...)
-		return nil, ev, refuse(api.CodePolicyRejected, details...)
+		return nil, ev, true, refuse(api.CodePolicyRejected, details...)
 	}
 
 	key, err := s.cfg.RootSecret.DeriveKey(s.cfg.Profile, req.PeerIDText, req.InstanceID)
 	if err != nil {
 		s.log.Error("deriving key", "err", err)
-		return nil, ev, refuse(api.CodeInternal)
+		return nil, ev, true, refuse(api.CodeInternal)
 	}
 	defer clear(key[:])
-	rel = &released{resp: &api.GetKeyResponse{Profile: s.cfg.Profile}, challengeID: req.ChallengeID, instanceID: req.InstanceID}
+	rel := &released{resp: &api.GetKeyResponse{Profile: s.cfg.Profile}, challengeID: req.ChallengeID, instanceID: req.InstanceID}
 	if req.SealTo != nil {
 		ct, err := key.Seal(req.SealTo, s.cfg.Profile, req.PeerIDText)
 		if err != nil {
-			return nil, ev, refuse(api.CodeInvalidRequest, err.Error())
+			return nil, ev, true, refuse(api.CodeInvalidRequest, err.Error())
 		}
 		rel.resp.SealedKeyB64 = base64.StdEncoding.EncodeToString(ct)
 		rel.delivered = ct
@@ -301,7 +365,7 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 		rel.resp.Key = hex.EncodeToString(key[:])
 		rel.delivered = append([]byte(nil), key[:]...)
 	}
-	return rel, ev, nil
+	return rel, ev, true, nil
 }
 
 // released is a key ready to leave, once its grant is audited.
@@ -338,9 +402,17 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// handleHealth answers 200 while keys can be released and 503 (not_ready,
+// with the reason) while the audit log cannot be appended, since then no
+// decision can be recorded and so no key can leave.
 func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, api.Health{
-		Status:            "ok",
+	status, code, reason := "ok", http.StatusOK, ""
+	if err := s.audit.Err(); err != nil {
+		status, code, reason = "not_ready", http.StatusServiceUnavailable, "the audit log cannot be appended, so no key can be released: "+err.Error()
+	}
+	writeJSON(w, code, api.Health{
+		Status:            status,
+		Reason:            reason,
 		PolicyReady:       s.policy.Load() != nil,
 		Profile:           s.cfg.Profile,
 		AuditSeq:          s.audit.Head().Seq,

@@ -7,10 +7,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -85,7 +87,19 @@ type harnessOpts struct {
 	kmsSource        attest.Source
 	policy           []byte
 	expectedEvents   []eventlog.Event
+	// limits, if set, replaces "no per-client limits" (the harness clock
+	// stands still, so buckets would never refill).
+	limits *kms.Limits
+	// stateMaxSize caps kms.db (a full disk).
+	stateMaxSize int
+	// logger, if set, receives the server's text log.
+	logger io.Writer
+	// witness is Config.AuditWitness.
+	witness string
 }
+
+// noLimits switches every per-client limit off.
+var noLimits = kms.Limits{AddressRate: -1, PeerRate: -1, PendingPerAddress: -1}
 
 // harness is a KMS behind httptest with a test CA.
 type harness struct {
@@ -153,6 +167,14 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if o.collateralSource != nil {
 		collSrc = o.collateralSource
 	}
+	var logger *slog.Logger
+	if o.logger != nil {
+		logger = slog.New(slog.NewTextHandler(o.logger, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	limits := noLimits
+	if o.limits != nil {
+		limits = *o.limits
+	}
 	h.srv, err = kms.NewServer(kms.Config{
 		StateDir:             h.stateDir,
 		RootSecret:           secret,
@@ -162,6 +184,10 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		Profile:              o.profile,
 		Source:               o.kmsSource,
 		MaxPendingChallenges: o.maxPending,
+		Limits:               limits,
+		StateMaxSize:         o.stateMaxSize,
+		AuditWitness:         o.witness,
+		Logger:               logger,
 		Now:                  h.clock.Now,
 		ExpectedEvents:       o.expectedEvents,
 	})
@@ -224,6 +250,25 @@ type parts struct {
 	SealTo      []byte
 	Sig         []byte // nil: signed from the fields at send time
 	Body        []byte // non-nil: sent as is
+}
+
+// request sends a request with an optional Content-Type and decodes the
+// answer into out (unless out is nil).
+func (h *harness) request(t testing.TB, method, path, contentType, body string, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, h.url+path, strings.NewReader(body))
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if out != nil {
+		json.NewDecoder(res.Body).Decode(out)
+	}
+	return res.StatusCode
 }
 
 func (h *harness) post(t testing.TB, path string, body []byte) (int, []byte) {

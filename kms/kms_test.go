@@ -178,7 +178,28 @@ func TestErrorCodes(t *testing.T) {
 				ca, _, _ := testCA(t)
 				return ca.Collateral(t, attesttest.CollateralOptions{Issue: attesttest.Epoch.Add(-48 * time.Hour), Next: attesttest.Epoch.Add(-time.Hour)})
 			}()},
-			code: api.CodeCollateralUnavailable, status: 503,
+			code: api.CodeCollateralExpired, status: 503,
+		},
+		"collateral not yet valid": {
+			opts: harnessOpts{collateral: func() *attest.Collateral {
+				ca, _, _ := testCA(t)
+				return ca.Collateral(t, attesttest.CollateralOptions{Issue: attesttest.Epoch.Add(time.Hour)})
+			}()},
+			code: api.CodeCollateralNotYetValid, status: 503,
+		},
+		"collateral of another platform": {
+			opts: harnessOpts{collateral: func() *attest.Collateral {
+				ca, _, _ := testCA(t)
+				return ca.Collateral(t, attesttest.CollateralOptions{FMSPC: attest.FMSPC{9, 9, 9}})
+			}()},
+			code: api.CodeCollateralFMSPC, status: 503,
+		},
+		"collateral without CRLs": {
+			opts: harnessOpts{collateral: func() *attest.Collateral {
+				ca, _, _ := testCA(t)
+				return ca.Collateral(t, attesttest.CollateralOptions{NoCRLs: true})
+			}()},
+			code: api.CodeCollateralNoCRLs, status: 503,
 		},
 		"no collateral to be had": {
 			opts: harnessOpts{collateralSource: kms.CollateralSource(attest.NewCollateralCache(attest.CollateralCacheConfig{Dir: t.TempDir()}))},
@@ -240,8 +261,21 @@ func TestErrorCodes(t *testing.T) {
 			if api.Status(c.code) != c.status {
 				t.Fatalf("api.Status(%s) = %d", c.code, api.Status(c.code))
 			}
-			// Every decision is audited, with the reason.
+			// Every decision about a verified request is audited, with the
+			// reason; refusals before the signature proves the peer ID
+			// (anyone can send those for free) are only counted.
 			pg, err := h.srv.AuditPage(0, 10)
+			unverified := c.code == api.CodePolicyNotReady || c.code == api.CodeInvalidChallenge || c.code == api.CodeInvalidSignature ||
+				(c.code == api.CodeInvalidRequest && !c.seal) || name == "garbage quote"
+			if unverified {
+				if err != nil || len(pg.Entries) != 0 {
+					t.Fatalf("audit: %v %d entries, want none for a refusal without a verified identity", err, len(pg.Entries))
+				}
+				if got := metricValue(t, h, "fleetbox_kms_key_denials_total", c.code); got != 1 {
+					t.Fatalf("fleetbox_kms_key_denials_total{reason=%q} = %v, want 1", c.code, got)
+				}
+				return
+			}
 			if err != nil || len(pg.Entries) != 1 {
 				t.Fatalf("audit: %v %d entries", err, len(pg.Entries))
 			}
@@ -662,13 +696,8 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 func TestHealthAndRoutes(t *testing.T) {
 	h := newHarness(t, harnessOpts{noPolicy: true})
-	res, err := http.Get(h.url + api.PathHealth)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var hl api.Health
-	json.NewDecoder(res.Body).Decode(&hl)
-	res.Body.Close()
+	h.request(t, http.MethodGet, api.PathHealth, "", "", &hl)
 	if hl.Status != "ok" || hl.PolicyReady || hl.Profile != kms.DefaultProfile {
 		t.Fatalf("%+v", hl)
 	}

@@ -18,6 +18,7 @@ type metrics struct {
 	policyReloads  *prometheus.CounterVec // result: ok|error
 	policyReady    prometheus.Gauge
 	challengesFull prometheus.Counter
+	rateLimited    *prometheus.CounterVec // limit: address|address_pending|peer
 }
 
 func newMetrics(reg *prometheus.Registry, pending func() float64) *metrics {
@@ -55,8 +56,11 @@ func newMetrics(reg *prometheus.Registry, pending func() float64) *metrics {
 		challengesFull: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "fleetbox_kms_challenges_refused_total", Help: "Challenges refused because the pending cap was reached.",
 		}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fleetbox_kms_rate_limited_total", Help: "Requests refused with 429 by the per-client limit they hit.",
+		}, []string{"limit"}),
 	}
-	reg.MustRegister(m.requests, m.grants, m.denials, m.latency, m.pending, m.auditBatch, m.auditCommit,
+	reg.MustRegister(m.rateLimited, m.requests, m.grants, m.denials, m.latency, m.pending, m.auditBatch, m.auditCommit,
 		m.policyReloads, m.policyReady, m.challengesFull,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -69,8 +69,17 @@ type Config struct {
 	// ChallengeTTL: zero means 60 s. MaxPendingChallenges: zero means 10,000.
 	ChallengeTTL         time.Duration
 	MaxPendingChallenges int
+	// Limits bound what one client can take (rates, pending challenges).
+	Limits Limits
 	// AuditMaxBatch bounds records per audit commit. Zero: 512.
 	AuditMaxBatch int
+	// AuditWitness, if set, is a file on another volume that holds the
+	// newest signed audit head; the KMS refuses to start when its log ends
+	// below it (a restored older kms.db, a damaged meta page). Empty: none.
+	AuditWitness string
+	// StateMaxSize caps kms.db in bytes (bbolt's MaxSize): past it every
+	// append fails, as on a full disk, and /health says so. Zero: no cap.
+	StateMaxSize int
 	// Now is the clock for challenges, quote verification and audit times.
 	// Nil: time.Now.
 	Now func() time.Time
@@ -97,6 +106,9 @@ type Server struct {
 	reg     *prometheus.Registry
 	m       *metrics
 	handler http.Handler
+	limits  Limits
+	byAddr  *buckets // POST requests per source address
+	byPeer  *buckets // /get-key per verified peer ID
 
 	policy   atomic.Pointer[attest.Policy]
 	reloadMu sync.Mutex // serializes ReloadPolicy
@@ -151,15 +163,19 @@ func NewServer(cfg Config) (*Server, error) {
 	// commit writes less, and the two fsyncs per commit stay the same.
 	db, err := bolt.Open(filepath.Join(cfg.StateDir, StateDBFile), 0o600, &bolt.Options{
 		Timeout: stateLockTimeout, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
+		MaxSize: cfg.StateMaxSize,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kms: opening state %s: %w", filepath.Join(cfg.StateDir, StateDBFile), err)
 	}
 	s := &Server{cfg: cfg, log: lg, db: db, signer: signer, reg: cfg.Registry, source: cfg.Source}
-	s.ch = newChallenges(cfg.ChallengeTTL, cfg.MaxPendingChallenges, cfg.Now)
+	s.limits = cfg.Limits.withDefaults(cfg.MaxPendingChallenges)
+	s.byAddr = newBuckets(s.limits.AddressRate, s.limits.AddressBurst)
+	s.byPeer = newBuckets(s.limits.PeerRate, s.limits.PeerBurst)
+	s.ch = newChallenges(cfg.ChallengeTTL, cfg.MaxPendingChallenges, s.limits.PendingPerAddress, cfg.Now)
 	s.m = newMetrics(cfg.Registry, func() float64 { return float64(s.ch.count()) })
 	s.audit, err = audit.Open(audit.Config{
-		DB: db, Signer: signer, MaxBatch: cfg.AuditMaxBatch, Now: cfg.Now, Logger: lg,
+		DB: db, Signer: signer, MaxBatch: cfg.AuditMaxBatch, Now: cfg.Now, Logger: lg, Witness: cfg.AuditWitness,
 		OnCommit: func(n int, d time.Duration) {
 			s.m.auditBatch.Observe(float64(n))
 			s.m.auditCommit.Observe(d.Seconds())

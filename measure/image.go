@@ -17,7 +17,6 @@
 package measure
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -28,6 +27,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/measure/eventlog"
@@ -303,10 +304,8 @@ func ParseMeasurements(b []byte) (*Measurements, error) {
 	if len(b) > MaxMeasurementsSize {
 		return nil, fmt.Errorf("measurements: %d bytes exceeds the %d-byte limit", len(b), MaxMeasurementsSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var m Measurements
-	if err := dec.Decode(&m); err != nil {
+	if err := strictjson.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("measurements: %w", err)
 	}
 	if m.Version != MeasurementsVersion {

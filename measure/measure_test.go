@@ -266,6 +266,8 @@ func TestMeasureImageAndPolicy(t *testing.T) {
 func TestParseMeasurementsRejects(t *testing.T) {
 	cases := map[string]string{
 		"not json":      "{",
+		"duplicate key": `{"version":1,"version":1,"profiles":{"a":{"mrtd":{"single-pass":"` + hex.EncodeToString(make([]byte, 48)) + `"}}}}`,
+		"key case":      `{"Version":1,"profiles":{"a":{"mrtd":{"single-pass":"` + hex.EncodeToString(make([]byte, 48)) + `"}}}}`,
 		"unknown field": `{"version":1,"profiles":{"a":{"mrtd":{"single-pass":"` + hex.EncodeToString(make([]byte, 48)) + `"}}},"extra":1}`,
 		"bad version":   `{"version":2,"profiles":{}}`,
 		"no profiles":   `{"version":1,"profiles":{}}`,

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strings"
 
 	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 	"github.com/fleetbox/fleetbox/node/governance"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -187,9 +189,9 @@ func (n *Node) adminHandler() http.Handler {
 		if err != nil {
 			return nil, err
 		}
-		body, err := io.ReadAll(r.Body)
+		body, err := readBody(r)
 		if err != nil {
-			return nil, badRequest("reading body: %v", err)
+			return nil, err
 		}
 		p, err := attest.ParsePolicy(body)
 		if err != nil {
@@ -254,11 +256,46 @@ func pathMember(r *http.Request) (governance.NamespaceID, governance.GroupID, go
 	return ns, g, key, nil
 }
 
+// readBody reads a request body that must be JSON: Content-Type
+// application/json (so a browser's cross-site "simple" POST, which cannot
+// set it, never reaches a handler) and at most maxAdminBody bytes.
+func readBody(r *http.Request) ([]byte, error) {
+	if err := requireJSON(r.Header.Get("Content-Type")); err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			// Wrapped, not formatted, so that writeError answers 413.
+			return nil, fmt.Errorf("request body over the %d-byte limit: %w", mbe.Limit, err)
+		}
+		return nil, badRequest("reading body: %v", err)
+	}
+	return b, nil
+}
+
+// readJSON decodes a JSON body strictly: unknown, duplicate and miscased
+// keys and trailing data are refused.
 func readJSON(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	b, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	if err := strictjson.Unmarshal(b, v); err != nil {
 		return badRequest("decoding JSON body: %v", err)
+	}
+	return nil
+}
+
+// errUnsupportedMedia marks a body that is not declared as JSON (415).
+var errUnsupportedMedia = errors.New("unsupported media type")
+
+// requireJSON checks a Content-Type header for application/json.
+func requireJSON(ct string) error {
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil || mt != "application/json" {
+		return fmt.Errorf("%w: Content-Type %q, want application/json", errUnsupportedMedia, ct)
 	}
 	return nil
 }
@@ -278,6 +315,8 @@ func (n *Node) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.As(err, &mbe):
 		code, name = http.StatusRequestEntityTooLarge, "too_large"
+	case errors.Is(err, errUnsupportedMedia):
+		code, name = http.StatusUnsupportedMediaType, "unsupported_media_type"
 	case errors.Is(err, errBadRequest), errors.Is(err, governance.ErrMalformed), errors.Is(err, governance.ErrOversize):
 		code, name = http.StatusBadRequest, "bad_request"
 	case errors.Is(err, errNotFound), errors.Is(err, governance.ErrUnknownNamespace), errors.Is(err, governance.ErrUnknownGroup):

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 )
 
 // Client talks to a node's admin API. `fleetbox ctl` uses it.
@@ -91,7 +93,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	if resp.StatusCode/100 != 2 {
 		se := &StatusError{Status: resp.StatusCode}
-		if json.Unmarshal(data, &se.APIError) != nil || se.APIError.Error == "" {
+		if strictjson.UnmarshalKnown(data, &se.APIError) != nil || se.APIError.Error == "" {
 			se.APIError = APIError{Error: http.StatusText(resp.StatusCode), Details: strings.TrimSpace(string(data))}
 		}
 		return se
@@ -99,7 +101,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	if out == nil {
 		return nil
 	}
-	if err := json.Unmarshal(data, out); err != nil {
+	if err := strictjson.UnmarshalKnown(data, out); err != nil {
 		return fmt.Errorf("decoding admin API answer: %w", err)
 	}
 	return nil

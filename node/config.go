@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/fleetbox/fleetbox/internal/atomicfile"
+	"github.com/fleetbox/fleetbox/internal/strictjson"
+	"github.com/fleetbox/fleetbox/node/governance"
 )
 
 // Files in a node's home directory.
@@ -77,7 +78,8 @@ func DefaultFileConfig() FileConfig {
 	}
 }
 
-// LoadFileConfig reads home/config.json strictly (unknown keys refused).
+// LoadFileConfig reads home/config.json strictly (unknown, duplicate and
+// miscased keys refused).
 func LoadFileConfig(home string) (FileConfig, error) {
 	path := filepath.Join(home, ConfigFile)
 	b, err := os.ReadFile(path)
@@ -85,9 +87,7 @@ func LoadFileConfig(home string) (FileConfig, error) {
 		return FileConfig{}, fmt.Errorf("reading config: %w", err)
 	}
 	var c FileConfig
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	if err := strictjson.Unmarshal(b, &c); err != nil {
 		return FileConfig{}, fmt.Errorf("parsing %s: %w", path, err)
 	}
 	return c, nil
@@ -122,6 +122,9 @@ type Config struct {
 	InsecureDevKey bool
 	// NoSync skips fdatasync in the store (tests and benchmarks only).
 	NoSync bool
+	// Pending bounds each namespace's queue of ops waiting for parents;
+	// zero fields mean governance's defaults.
+	Pending governance.PendingLimits
 	// Fleet configures fleet-join and the checking of other replicas.
 	Fleet FleetConfig
 	// Version is reported by the status route.
@@ -132,6 +135,20 @@ type Config struct {
 // ErrNotInitialized means the home directory has no identity yet.
 var ErrNotInitialized = errors.New("node home is not initialized (run `fleetbox node init --home DIR`)")
 
+// CheckAdminAddr refuses an admin API address that is not loopback: the
+// API holds the node's keys' power behind one bearer token.
+func CheckAdminAddr(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("node: admin address %q: %w", addr, err)
+	}
+	ip := net.ParseIP(host)
+	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("node: admin address %q is not a loopback address", addr)
+	}
+	return nil
+}
+
 func (c *Config) check() error {
 	if c.Home == "" {
 		return errors.New("node: config needs a home directory")
@@ -139,13 +156,8 @@ func (c *Config) check() error {
 	if c.AdminAddr == "" {
 		c.AdminAddr = DefaultAdminAddr
 	}
-	host, _, err := net.SplitHostPort(c.AdminAddr)
-	if err != nil {
-		return fmt.Errorf("node: admin address %q: %w", c.AdminAddr, err)
-	}
-	ip := net.ParseIP(host)
-	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("node: admin address %q is not a loopback address", c.AdminAddr)
+	if err := CheckAdminAddr(c.AdminAddr); err != nil {
+		return err
 	}
 	if c.HeartbeatInterval < 0 {
 		return errors.New("node: negative heartbeat interval")

@@ -11,8 +11,9 @@ import (
 	"github.com/fleetbox/fleetbox/node/store"
 )
 
-// engineAdapter lets node/p2p drive node/governance. The id types are the
-// same 32-byte arrays under two names.
+// engineAdapter lets node/p2p drive node/governance. The ids are shared
+// (node/ids); what remains to adapt is the sentinel for an unknown
+// namespace, the result type, and the origin of a batch.
 type engineAdapter struct{ eng *governance.Engine }
 
 var _ p2p.Engine = (*engineAdapter)(nil)
@@ -24,57 +25,49 @@ func nsErr(err error) error {
 	return err
 }
 
-func opIDs[T ~[32]byte, U ~[32]byte](in []T) []U {
-	out := make([]U, len(in))
-	for i := range in {
-		out[i] = U(in[i])
-	}
-	return out
-}
-
-func (a *engineAdapter) Namespaces() ([]p2p.NamespaceID, error) {
-	nss, err := a.eng.Namespaces()
-	return opIDs[governance.NamespaceID, p2p.NamespaceID](nss), err
-}
+func (a *engineAdapter) Namespaces() ([]p2p.NamespaceID, error) { return a.eng.Namespaces() }
 
 func (a *engineAdapter) CheckOp(ns p2p.NamespaceID, wire []byte) (p2p.OpID, error) {
-	id, err := a.eng.CheckOp(governance.NamespaceID(ns), wire)
-	return p2p.OpID(id), err
+	return a.eng.CheckOp(ns, wire)
 }
 
 func (a *engineAdapter) Known(ns p2p.NamespaceID, id p2p.OpID) (applied, pending bool, err error) {
-	applied, pending, err = a.eng.Known(governance.NamespaceID(ns), governance.OpID(id))
+	applied, pending, err = a.eng.Known(ns, id)
 	return applied, pending, nsErr(err)
 }
 
 func (a *engineAdapter) Apply(ctx context.Context, ns p2p.NamespaceID, wires [][]byte) (p2p.ApplyResult, error) {
-	r, err := a.eng.Apply(ctx, governance.NamespaceID(ns), wires)
+	if p, ok := p2p.OriginFrom(ctx); ok {
+		ctx = governance.WithOrigin(ctx, p.String())
+	}
+	r, err := a.eng.Apply(ctx, ns, wires)
 	return p2p.ApplyResult{
 		Applied:      r.Applied,
 		Duplicate:    r.Duplicate,
 		Pending:      r.Pending,
 		Refused:      r.Refused,
+		LocalRefused: r.LocalRefused,
 		FirstRefusal: r.FirstRefusal,
-		Missing:      opIDs[governance.OpID, p2p.OpID](r.Missing),
+		Missing:      r.Missing,
 	}, nsErr(err)
 }
 
 func (a *engineAdapter) Heads(ns p2p.NamespaceID) ([]p2p.OpID, uint64, error) {
-	h, n, err := a.eng.Heads(governance.NamespaceID(ns))
-	return opIDs[governance.OpID, p2p.OpID](h), n, nsErr(err)
+	h, n, err := a.eng.Heads(ns)
+	return h, n, nsErr(err)
 }
 
 func (a *engineAdapter) Locator(ns p2p.NamespaceID, max int) ([]p2p.OpID, error) {
-	l, err := a.eng.Locator(governance.NamespaceID(ns), max)
-	return opIDs[governance.OpID, p2p.OpID](l), nsErr(err)
+	l, err := a.eng.Locator(ns, max)
+	return l, nsErr(err)
 }
 
 func (a *engineAdapter) OpsMissing(ns p2p.NamespaceID, known []p2p.OpID, fn func([]byte) error) error {
-	return nsErr(a.eng.OpsMissing(governance.NamespaceID(ns), opIDs[p2p.OpID, governance.OpID](known), fn))
+	return nsErr(a.eng.OpsMissing(ns, known, fn))
 }
 
 func (n *Node) openEngine(st *store.Store) (*governance.Engine, error) {
-	eng, err := governance.New(governance.Config{Store: st, Logger: n.log.With("component", "governance"), Registerer: n.reg})
+	eng, err := governance.New(governance.Config{Store: st, Logger: n.log.With("component", "governance"), Registerer: n.reg, Pending: n.cfg.Pending})
 	if err != nil {
 		return nil, fmt.Errorf("starting governance: %w", err)
 	}
@@ -90,7 +83,7 @@ func (n *Node) publish(ctx context.Context, ns governance.NamespaceID, wires [][
 		if id, err := governance.Validate(ns, w); err == nil {
 			res.Ops = append(res.Ops, id.String())
 		}
-		if err := n.net.PublishOp(ctx, p2p.NamespaceID(ns), w); err != nil {
+		if err := n.net.PublishOp(ctx, ns, w); err != nil {
 			n.log.Warn("publishing op", "namespace", ns.String(), "err", err)
 		}
 	}
@@ -109,7 +102,7 @@ func (n *Node) CreateNamespace(ctx context.Context) (*NamespaceInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating namespace: %w", err)
 	}
-	if err := n.net.Join(p2p.NamespaceID(ns)); err != nil {
+	if err := n.net.Join(ns); err != nil {
 		return nil, err
 	}
 	n.publish(ctx, ns, wires)
@@ -123,7 +116,7 @@ func (n *Node) JoinNamespace(_ context.Context, ns governance.NamespaceID) (*Joi
 	if err != nil {
 		return nil, fmt.Errorf("joining namespace: %w", err)
 	}
-	if err := n.net.Join(p2p.NamespaceID(ns)); err != nil {
+	if err := n.net.Join(ns); err != nil {
 		return nil, err
 	}
 	return &JoinResult{Namespace: ns.String(), MemberKeys: keys.String()}, nil

@@ -29,6 +29,12 @@ type InitResult struct {
 // an admin token and a config file. Files that exist are kept, so Init is
 // safe to run twice.
 func Init(home string, fc FileConfig) (*InitResult, error) {
+	// Refuse now what `node run` would refuse later.
+	if fc.AdminAddr != "" {
+		if err := CheckAdminAddr(fc.AdminAddr); err != nil {
+			return nil, err
+		}
+	}
 	if err := os.MkdirAll(home, 0o700); err != nil {
 		return nil, fmt.Errorf("creating home: %w", err)
 	}

@@ -19,12 +19,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fleetbox/fleetbox/node/governance"
-	"github.com/fleetbox/fleetbox/node/p2p"
-	"github.com/fleetbox/fleetbox/node/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/fleetbox/fleetbox/node/governance"
+	"github.com/fleetbox/fleetbox/node/p2p"
+	"github.com/fleetbox/fleetbox/node/store"
 )
 
 // Node is the daemon. Construct with New, then Run.
@@ -126,7 +127,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	n.eng = eng
-	n.fleet = n.newFleet(st)
+	n.fleet = newFleet(n.fleetDeps())
 	if err := n.fleet.reconcile(ctx); err != nil {
 		return err
 	}
@@ -140,7 +141,7 @@ func (n *Node) Run(ctx context.Context) error {
 		Logger:            n.log.With("component", "p2p"),
 		Registerer:        n.reg,
 		OnAnnounce:        n.fleet.onAnnounce,
-		OnApplied:         func(ns p2p.NamespaceID, _ int) { n.fleet.onApplied(governance.NamespaceID(ns)) },
+		OnApplied:         func(ns p2p.NamespaceID, _ int) { n.fleet.onApplied(ns) },
 	})
 	if err != nil {
 		return err

@@ -16,10 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
+	"github.com/fleetbox/fleetbox/internal/poll"
 	"github.com/fleetbox/fleetbox/node/governance"
 	"github.com/fleetbox/fleetbox/node/p2p"
 	"github.com/fleetbox/fleetbox/node/store"
-	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
@@ -79,13 +81,7 @@ func connect(t testing.TB, a, b *tnode) {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second) // a guard against hangs, generous for -race on a loaded machine
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	poll.Until(t, what, cond)
 }
 
 // view is the part of a namespace's state every member must agree on:
@@ -116,17 +112,12 @@ func view(t testing.TB, n *tnode, ns governance.NamespaceID) string {
 // waitConverged waits until the nodes agree, and prints their views if not.
 func waitConverged(t testing.TB, what string, ns governance.NamespaceID, nodes ...*tnode) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second) // a guard against hangs, generous for -race on a loaded machine
-	for !converged(t, ns, nodes...)() {
-		if time.Now().After(deadline) {
-			for i, n := range nodes {
-				info, _ := n.Namespace(ns, false)
-				t.Logf("node %d: complete=%v pending=%d\n%s", i, info != nil && info.Complete, info.Pending, view(t, n, ns))
-			}
-			t.Fatalf("timed out waiting for %s", what)
+	poll.UntilElse(t, what, converged(t, ns, nodes...), func() {
+		for i, n := range nodes {
+			info, _ := n.Namespace(ns, false)
+			t.Logf("node %d: complete=%v pending=%d\n%s", i, info != nil && info.Complete, info.Pending, view(t, n, ns))
 		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	})
 }
 
 func converged(t testing.TB, ns governance.NamespaceID, nodes ...*tnode) func() bool {
@@ -171,10 +162,16 @@ func outsider(t testing.TB) (ed25519.PrivateKey, governance.MemberKeys) {
 // node 0 create a namespace and add every other node as Admin.
 func setup(t *testing.T, count int) ([]*tnode, governance.NamespaceID) {
 	t.Helper()
+	return setupWith(t, count, nil)
+}
+
+// setupWith is setup with a change to every node's config.
+func setupWith(t *testing.T, count int, mod func(*Config)) ([]*tnode, governance.NamespaceID) {
+	t.Helper()
 	ctx := context.Background()
 	nodes := make([]*tnode, count)
 	for i := range nodes {
-		nodes[i] = startNode(t, fmt.Sprint(i), newHome(t))
+		nodes[i] = startNodeWith(t, fmt.Sprint(i), newHome(t), mod)
 		if i > 0 {
 			connect(t, nodes[i], nodes[i-1])
 		}
@@ -334,7 +331,6 @@ func TestNodesConvergeCatchUpAndRestart(t *testing.T) {
 	}
 	connect(t, r2, live[0])
 	connect(t, r2, late)
-	all = []*tnode{live[0], r2, live[2], late}
 
 	// A removed member cannot read ops sealed after its removal.
 	lateKey := late.mustKey(t, ns)

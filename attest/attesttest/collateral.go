@@ -41,6 +41,11 @@ type CollateralOptions struct {
 	QELevels         []QELevel
 	RevokedPlatforms []*Platform
 	NoCRLs           bool
+	// ModuleSigner, if set, replaces the TDX_01 module identity's mrsigner
+	// (the top-level tdxModule keeps MRSignerSeam). ModuleAttributesMask,
+	// if set, replaces the attributes masks of both.
+	ModuleSigner         *[48]byte
+	ModuleAttributesMask string
 }
 
 // LevelsFor returns TCB levels under which DefaultPlatform gets status:
@@ -135,6 +140,13 @@ func (ca *CA) CollateralJSON(t testing.TB, o CollateralOptions) []byte {
 			},
 		}},
 		"tcbLevels": levels,
+	}
+	if o.ModuleSigner != nil {
+		tcbInfo["tdxModuleIdentities"].([]map[string]any)[0]["mrsigner"] = hex.EncodeToString(o.ModuleSigner[:])
+	}
+	if o.ModuleAttributesMask != "" {
+		tcbInfo["tdxModule"].(map[string]string)["attributesMask"] = o.ModuleAttributesMask
+		tcbInfo["tdxModuleIdentities"].([]map[string]any)[0]["attributesMask"] = o.ModuleAttributesMask
 	}
 	var qeLevels []map[string]any
 	for _, l := range o.QELevels {

@@ -88,6 +88,11 @@ type QuoteOptions struct {
 	TDAttributes attest.TDAttributes
 	// TeeTcbSvn defaults to {3} (TDX 1.0 module, TEE_TCB_SVN[1] == 0).
 	TeeTcbSvn *attest.TeeTcbSvn
+	// SeamAttributes are the TDX module's attributes (zero on Intel's).
+	SeamAttributes [8]byte
+	// TeeTcbSvn2, if set, makes a V5 quote with a TDX 1.5 TD report (body
+	// type 3) whose TEE_TCB_SVN_2 it is; nil makes a V4 quote.
+	TeeTcbSvn2 *attest.TeeTcbSvn
 }
 
 // Quote returns a V4 quote from this platform, signed by its attestation key.
@@ -106,7 +111,11 @@ func (p *Platform) quote(o QuoteOptions) ([]byte, error) {
 		svn = *o.TeeTcbSvn
 	}
 	hdr := make([]byte, headerSize)
-	binary.LittleEndian.PutUint16(hdr[0:], 4)
+	version := uint16(4)
+	if o.TeeTcbSvn2 != nil {
+		version = 5
+	}
+	binary.LittleEndian.PutUint16(hdr[0:], version)
 	binary.LittleEndian.PutUint16(hdr[2:], attKeyTypeP256)
 	binary.LittleEndian.PutUint32(hdr[4:], teeTypeTDX)
 	copy(hdr[12:28], intelQEVendorID[:])
@@ -115,7 +124,7 @@ func (p *Platform) quote(o QuoteOptions) ([]byte, error) {
 	body = append(body, svn[:]...)
 	body = append(body, make([]byte, 48)...)          // MRSEAM
 	body = append(body, MRSignerSeam[:]...)           // MRSIGNERSEAM
-	body = append(body, make([]byte, 8)...)           // SEAMATTRIBUTES
+	body = append(body, o.SeamAttributes[:]...)       // SEAMATTRIBUTES
 	body = append(body, o.TDAttributes[:]...)         // TDATTRIBUTES
 	body = append(body, 0xe7, 0x18, 6, 0, 0, 0, 0, 0) // XFAM
 	body = append(body, o.MRTD[:]...)
@@ -125,6 +134,16 @@ func (p *Platform) quote(o QuoteOptions) ([]byte, error) {
 		body = append(body, o.RTMR[i][:]...)
 	}
 	body = append(body, o.ReportData[:]...)
+	if o.TeeTcbSvn2 != nil {
+		// TDX 1.5 TD report (Intel TDX DCAP Quoting Library API, A.4):
+		// TEE_TCB_SVN_2 and MRSERVICETD follow the 1.0 fields, and the
+		// body comes with its type (3) and size.
+		body = append(body, o.TeeTcbSvn2[:]...)
+		body = append(body, make([]byte, 48)...) // MRSERVICETD
+		desc := binary.LittleEndian.AppendUint16(nil, 3)
+		desc = binary.LittleEndian.AppendUint32(desc, uint32(len(body)))
+		body = append(desc, body...)
+	}
 
 	signed := append(hdr, body...)
 	d := sha256.Sum256(signed)

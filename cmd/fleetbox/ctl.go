@@ -170,14 +170,18 @@ func (c *ctl) parse(fs *flag.FlagSet, args []string, nargs int, argNames string)
 	return fs.Args(), -1
 }
 
-// fail prints an admin API error; a refusal (401/403) is a "no".
+// fail prints an admin API error: a refusal (401/403) is a "no", another
+// 4xx bad input, a 5xx or a node that does not answer a runtime failure.
 func (c *ctl) fail(err error) int {
 	fmt.Fprintf(c.e.stderr, "fleetbox: ctl: %v\n", err)
 	var se *node.StatusError
-	if errors.As(err, &se) && (se.Status == http.StatusForbidden || se.Status == http.StatusUnauthorized) {
+	switch {
+	case errors.As(err, &se) && (se.Status == http.StatusForbidden || se.Status == http.StatusUnauthorized):
 		return exitNo
+	case errors.As(err, &se) && se.Status >= 400 && se.Status < 500:
+		return exitUsage
 	}
-	return exitUsage
+	return exitRuntime
 }
 
 func (c *ctl) printJSON(v any) int {

@@ -135,7 +135,7 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 	if work == "" {
 		t, err := os.MkdirTemp("", "fleetbox-demo-")
 		if err != nil {
-			return usageErr(e, "demo: %v", err)
+			return runtimeErr(e, "demo: %v", err)
 		}
 		work = t
 		if !*keep {
@@ -144,7 +144,7 @@ func runDemo(ctx context.Context, e *env, args []string) int {
 	}
 	logFile, err := os.OpenFile(filepath.Join(work, "demo.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return usageErr(e, "demo: %v", err)
+		return runtimeErr(e, "demo: %v", err)
 	}
 	defer logFile.Close()
 	dctx, cancel := context.WithCancel(ctx)

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/kms"
+	"github.com/fleetbox/fleetbox/kms/api"
 	"github.com/fleetbox/fleetbox/kms/audit"
 	"github.com/fleetbox/fleetbox/kms/client"
 	"github.com/fleetbox/fleetbox/measure"
@@ -31,9 +33,9 @@ import (
 const kmsUsage = `usage:
   fleetbox kms serve --listen ADDR --policy FILE --state DIR [--root-secret file|dstack] [--profile NAME]
                      [--collateral FILE | --collateral-cache DIR [--pccs-url URL]] [--attest-source auto|tdx|dstack|mock]
-                     [--expected-events measurements.json [--expected-profile NAME]]
-  fleetbox kms get-key --url URL --identity FILE [--seal] [--instance ID] [--mock-tdx [--mock-mrtd HEX] [--mock-rtmrN HEX]] [--out FILE]
-  fleetbox kms audit verify (--url URL [--pubkey BASE64] | --state DIR)
+                     [--expected-events measurements.json [--expected-profile NAME]] [--audit-witness FILE]
+  fleetbox kms get-key --url URL --identity FILE [--seal] [--instance ID] [--mock-tdx [--mock-mrtd HEX] [--mock-rtmrN HEX]] [--out FILE] [--receipt FILE]
+  fleetbox kms audit verify (--url URL [--pubkey BASE64] | --state DIR) [--receipt FILE]... [--head FILE]...
   fleetbox kms load --url URL [--clients N] [--duration D] [--seal] [--mock-mrtd HEX] [--mock-rtmrN HEX]`
 
 func runKMS(ctx context.Context, e *env, args []string) int {
@@ -73,6 +75,11 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 	noRevocation := fs.Bool("no-revocation", false, "skip the PCK and root CRL checks")
 	ttl := fs.Duration("challenge-ttl", kms.DefaultChallengeTTL, "challenge lifetime")
 	maxPending := fs.Int("max-challenges", kms.DefaultMaxPendingChallenges, "cap on pending challenges")
+	addrRate := fs.Float64("address-rate", 0, "POST requests per second per source address (IPv6: per /64); 0: 20, negative: no limit")
+	addrBurst := fs.Int("address-burst", 0, "burst of --address-rate; 0: twice the rate")
+	pendingPerAddr := fs.Int("pending-per-address", 0, "pending challenges per source address; 0: --max-challenges/20, negative: no cap")
+	peerRate := fs.Float64("peer-rate", 0, "/get-key requests per second per verified peer ID; 0: 1, negative: no limit")
+	witness := fs.String("audit-witness", "", "keep the newest signed audit head in this `file` on another volume; refuse to start when the log ends below it")
 	addrFile := fs.String("addr-file", "", "write the bound address to this `file` once listening (for scripts with --listen :0)")
 	expected := fs.String("expected-events", "", "measurements.json of the admitted image: a refusal of a quote sent with its event log names the events that differ")
 	expectedProfile := fs.String("expected-profile", "", "the image `profile` in --expected-events (needed when it has several)")
@@ -99,7 +106,7 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		e.logger.Warn("no collateral configured: real quotes verify as TCB Unverified, which policies refuse; pass --collateral-cache DIR --pccs-url URL")
 	}
 	if err := os.MkdirAll(*state, 0o700); err != nil {
-		return usageErr(e, "kms serve: creating state dir: %v", err)
+		return runtimeErr(e, "kms serve: creating state dir: %v", err)
 	}
 
 	var secret *kms.RootSecret
@@ -115,7 +122,7 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		return usageErr(e, "kms serve: --root-secret %q: want file or dstack", *rootSecret)
 	}
 	if err != nil {
-		return usageErr(e, "kms serve: refusing to start: %v", err)
+		return runtimeErr(e, "kms serve: refusing to start: %v", err)
 	}
 
 	var src attest.Source
@@ -128,7 +135,7 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		}
 	case "tdx":
 		if src, err = attest.NewTSMSource(); err != nil {
-			return usageErr(e, "kms serve: --attest-source tdx: %v", err)
+			return runtimeErr(e, "kms serve: --attest-source tdx: %v", err)
 		}
 	case "dstack":
 		src = agent.QuoteSource()
@@ -154,16 +161,20 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		Source:               src,
 		ChallengeTTL:         *ttl,
 		MaxPendingChallenges: *maxPending,
-		Logger:               e.logger,
+		AuditWitness:         *witness,
+		Limits: kms.Limits{
+			AddressRate: *addrRate, AddressBurst: *addrBurst, PendingPerAddress: *pendingPerAddr, PeerRate: *peerRate,
+		},
+		Logger: e.logger,
 	})
 	if err != nil {
-		return usageErr(e, "kms serve: %v", err)
+		return runtimeErr(e, "kms serve: %v", err)
 	}
 	defer srv.Close()
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
-		return usageErr(e, "kms serve: %v", err)
+		return runtimeErr(e, "kms serve: %v", err)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -182,14 +193,13 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 	if *addrFile != "" {
 		if err := os.WriteFile(*addrFile, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
 			ln.Close()
-			return usageErr(e, "kms serve: writing --addr-file: %v", err)
+			return runtimeErr(e, "kms serve: writing --addr-file: %v", err)
 		}
 	}
 	e.logger.Info("kms starting", "addr", ln.Addr().String(), "profile", *profile, "rootSecret", *rootSecret,
 		"publicKey", base64.StdEncoding.EncodeToString(srv.PublicKey()))
 	if err := srv.Run(ctx, ln); err != nil {
-		fmt.Fprintf(e.stderr, "fleetbox: kms serve: %v\n", err)
-		return exitNo
+		return runtimeErr(e, "kms serve: %v", err)
 	}
 	return exitOK
 }
@@ -237,6 +247,7 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 	var mf mockFlags
 	mf.register(fs)
 	out := fs.String("out", "", "write the raw 32-byte key to this `file` (mode 0600) instead of hex on stdout")
+	receipt := fs.String("receipt", "", "write the answer's signed receipt (no key) to this `file`, for kms audit verify --receipt")
 	kmsPolicy := fs.String("kms-policy", "", "check the KMS's own quote (/attest) against this policy `file` first")
 	attempts := fs.Int("attempts", 5, "tries on 5xx and network errors")
 	var cf collateralFlags
@@ -257,7 +268,7 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 			return usageErr(e, "kms get-key: %v", err)
 		}
 	} else if src, err = attest.NewTSMSource(); err != nil {
-		return usageErr(e, "kms get-key: %v (use --mock-tdx on a machine without TDX)", err)
+		return runtimeErr(e, "kms get-key: %v (use --mock-tdx on a machine without TDX)", err)
 	}
 	c, err := client.New(client.Config{URL: *url, Identity: sk, Source: src, Seal: *seal, InstanceID: *instance, MaxAttempts: *attempts, Logger: e.logger})
 	if err != nil {
@@ -278,17 +289,23 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 		id, err := c.CheckKMS(ctx, attest.NewVerifier(attest.VerifierConfig{Collateral: coll, Logger: e.logger}), pol)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "fleetbox: kms get-key: %v\n", err)
-			return exitNo
+			return kmsExit(err)
 		}
 		fmt.Fprintf(e.stderr, "fleetbox: KMS checked: key %s, tcb %s, mock %v\n", base64.StdEncoding.EncodeToString(id.PublicKey), id.Verdict.TcbStatus, id.Verdict.Mock)
 	}
 	key, err := c.GetKey(ctx)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "fleetbox: kms get-key: %v\n", err)
-		return exitNo
+		return kmsExit(err)
 	}
 	defer key.Wipe()
 	fmt.Fprintf(e.stderr, "fleetbox: key released for peer %s, profile %s, audit record %d, sealed %v\n", c.PeerID(), key.Profile, key.AuditSeq, key.Sealed)
+	if *receipt != "" {
+		rb, _ := json.MarshalIndent(key.Receipt, "", "  ")
+		if err := os.WriteFile(*receipt, append(rb, '\n'), 0o600); err != nil {
+			return runtimeErr(e, "kms get-key: writing --receipt: %v", err)
+		}
+	}
 	b := key.Bytes()
 	defer clear(b)
 	if *out != "" {
@@ -300,7 +317,7 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 			}
 		}
 		if err != nil {
-			return usageErr(e, "kms get-key: writing --out: %v", err)
+			return runtimeErr(e, "kms get-key: writing --out: %v", err)
 		}
 		return exitOK
 	}
@@ -326,6 +343,9 @@ func kmsAuditVerify(ctx context.Context, e *env, args []string) int {
 	url := fs.String("url", "", "KMS base `url`")
 	state := fs.String("state", "", "KMS state `dir` (the KMS must be stopped: the database is locked while it runs)")
 	pubText := fs.String("pubkey", "", "pin the KMS audit key (`base64`, from /attest or the serve log); default: the key in the state, or the one the URL serves")
+	var receipts, heads listFlag
+	fs.Var(&receipts, "receipt", "a /get-key receipt `file` (kms get-key --receipt); the log must still hold its grant (repeatable)")
+	fs.Var(&heads, "head", "a signed head `file` (an audit witness, or the head of a saved GET /audit); the log must still hold it (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -356,7 +376,7 @@ func kmsAuditVerify(ctx context.Context, e *env, args []string) int {
 		}
 		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
 		if err != nil {
-			return usageErr(e, "kms audit verify: opening %s (is the KMS still running?): %v", path, err)
+			return runtimeErr(e, "kms audit verify: opening %s (is the KMS still running?): %v", path, err)
 		}
 		defer db.Close()
 		fetch = func(after uint64) (*audit.Page, error) { return audit.ReadPage(db, after, audit.MaxPage) }
@@ -368,13 +388,42 @@ func kmsAuditVerify(ctx context.Context, e *env, args []string) int {
 		}
 		fetch = func(after uint64) (*audit.Page, error) { return c.AuditPage(ctx, after) }
 	}
-	v, head, err := audit.VerifyPages(fetch, pub)
+	if (len(receipts) > 0 || len(heads) > 0) && pub == nil {
+		return usageErr(e, "kms audit verify: --receipt and --head need the KMS key: pass --pubkey")
+	}
+	v := &audit.ChainVerifier{}
+	for _, f := range receipts {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return usageErr(e, "kms audit verify: %v", err)
+		}
+		r, err := api.ParseReceipt(b, pub)
+		if err != nil {
+			return usageErr(e, "kms audit verify: %s: %v", f, err)
+		}
+		v.Expect(r.AuditSeq, "receipt "+f, func(_ audit.Hash, rec audit.Record) error {
+			if rec.Decision != audit.Granted || rec.PeerID != r.PeerID || rec.InstanceID != r.InstanceID || rec.Profile != r.Profile {
+				return fmt.Errorf("record %d is %s for peer %q instance %q, the receipt says granted to %q instance %q", r.AuditSeq, rec.Decision, rec.PeerID, rec.InstanceID, r.PeerID, r.InstanceID)
+			}
+			return nil
+		})
+	}
+	for _, f := range heads {
+		h, err := audit.ReadWitness(f, pub)
+		if err != nil {
+			return usageErr(e, "kms audit verify: %s: %v", f, err)
+		}
+		v.ExpectHead(h, "head "+f)
+	}
+	head, err := v.VerifyPages(fetch, pub)
 	sum := auditSummary{OK: err == nil, Records: v.Seq(), Granted: v.Granted, Denied: v.Denied, Pinned: pub != nil}
 	if err != nil {
 		sum.Error = err.Error()
+		// A broken or rolled-back chain is a "no"; a log that cannot be
+		// read (a KMS that does not answer, a corrupt file) a runtime failure.
 		code := exitNo
-		if !errors.Is(err, audit.ErrChain) && !errors.Is(err, audit.ErrHead) {
-			code = exitUsage
+		if !errors.Is(err, audit.ErrChain) && !errors.Is(err, audit.ErrHead) && !errors.Is(err, audit.ErrRollback) {
+			code = exitRuntime
 		}
 		return printJSON(e, sum, code)
 	}
@@ -472,7 +521,7 @@ func kmsLoad(ctx context.Context, e *env, args []string) int {
 	for range *clients {
 		_, sk, err := ed25519.GenerateKey(rand.Reader)
 		if err != nil {
-			return usageErr(e, "kms load: %v", err)
+			return runtimeErr(e, "kms load: %v", err)
 		}
 		c, err := client.New(client.Config{URL: *url, Identity: sk, Source: src, Seal: *seal, HTTPClient: hc, MaxAttempts: 1})
 		if err != nil {

@@ -5,12 +5,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/fleetbox/fleetbox/kms/client"
 )
 
 // Exit codes: 0 success, 1 a "no" verdict (refused quote, denied key),
@@ -106,4 +110,25 @@ func runVersion(_ context.Context, e *env, _ []string) int {
 func usageErr(e *env, format string, a ...any) int {
 	fmt.Fprintf(e.stderr, "fleetbox: "+format+"\n", a...)
 	return exitUsage
+}
+
+// runtimeErr prints a runtime failure (I/O, network, a service that
+// stopped) and returns exitRuntime.
+func runtimeErr(e *env, format string, a ...any) int {
+	fmt.Fprintf(e.stderr, "fleetbox: "+format+"\n", a...)
+	return exitRuntime
+}
+
+// kmsExit classifies a KMS client failure: the KMS said no (a 4xx refusal,
+// or its own quote failed our policy) is 1, anything else (unreachable, 5xx,
+// a cancelled wait) is a runtime failure, 3.
+func kmsExit(err error) int {
+	var ae *client.APIError
+	if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != http.StatusTooManyRequests {
+		return exitNo
+	}
+	if errors.Is(err, client.ErrKMSNotTrusted) {
+		return exitNo
+	}
+	return exitRuntime
 }

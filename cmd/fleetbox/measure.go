@@ -145,7 +145,7 @@ func measureMRTD(e *env, args []string) int {
 	fs.SetOutput(e.stderr)
 	fwPath := fs.String("firmware", "", "TDVF/OVMF firmware image")
 	order := fs.String("order", "", "page order: single-pass (QEMU 9+), two-pass (QEMU 8), all-regions (Google); default: all")
-	hobPath := fs.String("td-hob", "", "TD HOB contents for all-regions (default zeros)")
+	hobPath := fs.String("td-hob", "", "TD HOB `file`: the exact TD_HOB section content the platform wrote (required for all-regions)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -153,13 +153,30 @@ func measureMRTD(e *env, args []string) int {
 	if *fwPath == "" || fs.NArg() != 0 {
 		return usageErr(e, "measure mrtd: want --firmware FILE")
 	}
-	orders := tdvf.Orders
+	// all-regions (Google Cloud's order) also measures the TD HOB, which
+	// that platform builds from the VM's launch options (its memory size
+	// among them); a zero HOB gives an MRTD no platform reports. Without
+	// the HOB's exact content the order is refused, or left out of "all".
+	const noHOB = "the all-regions order measures the TD HOB, which Google Cloud builds from the VM's launch options (memory size among them); a zero HOB gives an MRTD no platform reports: pass --td-hob FILE with the HOB's exact content"
+	var orders []tdvf.Order
 	if *order != "" {
 		o, err := tdvf.ParseOrder(*order)
 		if err != nil {
 			return usageErr(e, "measure mrtd: %v", err)
 		}
+		if o == tdvf.AllRegions && *hobPath == "" {
+			return usageErr(e, "measure mrtd: %s", noHOB)
+		}
 		orders = []tdvf.Order{o}
+	} else {
+		for _, o := range tdvf.Orders {
+			if o != tdvf.AllRegions || *hobPath != "" {
+				orders = append(orders, o)
+			}
+		}
+		if *hobPath == "" {
+			fmt.Fprintf(e.stderr, "fleetbox: measure mrtd: all-regions left out: %s\n", noHOB)
+		}
 	}
 	fw, err := os.ReadFile(*fwPath)
 	if err != nil {

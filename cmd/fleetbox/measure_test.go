@@ -46,6 +46,27 @@ func TestMeasureMRTD(t *testing.T) {
 	}
 }
 
+// all-regions measures the TD HOB, which Google Cloud builds from the
+// launch options: with a zero HOB its MRTD differs from what the platform
+// reports, so it needs --td-hob (before, zeros were used silently).
+func TestMeasureMRTDAllRegionsNeedsTDHOB(t *testing.T) {
+	needFile(t, "/usr/share/ovmf/OVMF.fd")
+	code, out, errs := runMeasureCLI(t, "measure", "mrtd", "--firmware", "/usr/share/ovmf/OVMF.fd", "--order", "all-regions")
+	if code != exitUsage || !strings.Contains(errs, "--td-hob") || strings.Contains(out, "order=all-regions") {
+		t.Fatalf("all-regions without --td-hob: exit %d\n%s\n%s", code, out, errs)
+	}
+	code, out, errs = runMeasureCLI(t, "measure", "mrtd", "--firmware", "/usr/share/ovmf/OVMF.fd")
+	if code != exitOK || strings.Contains(out, "order=all-regions") || !strings.Contains(errs, "all-regions left out") {
+		t.Fatalf("every order without --td-hob: exit %d\n%s\n%s", code, out, errs)
+	}
+	hob := filepath.Join(t.TempDir(), "hob.bin")
+	os.WriteFile(hob, []byte{1, 2, 3}, 0o644)
+	code, out, errs = runMeasureCLI(t, "measure", "mrtd", "--firmware", "/usr/share/ovmf/OVMF.fd", "--order", "all-regions", "--td-hob", hob)
+	if code != exitOK || !strings.Contains(out, "order=all-regions") {
+		t.Fatalf("all-regions with --td-hob: exit %d\n%s\n%s", code, out, errs)
+	}
+}
+
 func TestMeasureEventlogAgainstQuote(t *testing.T) {
 	logPath := measureShared + "/derived/near-mpc_eventlog.json"
 	quote := measureShared + "/derived/near-mpc_quote.bin"

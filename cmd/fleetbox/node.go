@@ -86,6 +86,8 @@ func nodeInit(e *env, args []string) int {
 	fc := node.DefaultFileConfig()
 	if len(listen) > 0 {
 		fc.ListenAddrs = listen
+	} else {
+		fmt.Fprintf(e.stderr, "fleetbox: node init: no --listen: the node will listen on every interface (%s); pass --listen to narrow it\n", strings.Join(fc.ListenAddrs, ", "))
 	}
 	fc.AdminAddr = *adminAddr
 	res, err := node.Init(*home, fc)
@@ -197,7 +199,7 @@ func nodeRun(ctx context.Context, e *env, args []string) int {
 	start := time.Now()
 	if err := n.Run(ctx); err != nil {
 		e.logger.Error("node stopped", "err", err)
-		return exitUsage
+		return exitRuntime
 	}
 	e.logger.Info("node stopped", "uptime", time.Since(start).Round(time.Second))
 	return exitOK

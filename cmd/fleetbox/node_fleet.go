@@ -167,12 +167,12 @@ func fetchStoreKey(ctx context.Context, e *env, cfg *node.Config, url, policyFil
 }
 
 // applyErr reports a fleetFlags.apply failure: bad flags exit 2, a KMS that
-// refused or could not be reached exits 1.
+// refused exits 1, one that could not be reached 3.
 func applyErr(e *env, cmd string, err error) int {
 	var re *runtimeError
 	if errors.As(err, &re) {
 		fmt.Fprintf(e.stderr, "fleetbox: %s: %v\n", cmd, err)
-		return exitNo
+		return kmsExit(err)
 	}
 	return usageErr(e, "%s: %v", cmd, err)
 }
@@ -232,7 +232,7 @@ func nodeSelfPurge(ctx context.Context, e *env, args []string) int {
 	}
 	if err != nil {
 		e.logger.Error("self-purge reconcile incomplete; markers kept for the next run", "err", err)
-		return exitNo
+		return exitRuntime
 	}
 	return exitOK
 }

@@ -130,7 +130,7 @@ func policyFromMeasurements(e *env, args []string) int {
 			continue
 		}
 		if err := os.WriteFile(dst, doc, 0o644); err != nil {
-			return usageErr(e, "policy from-measurements: %v", err)
+			return runtimeErr(e, "policy from-measurements: %v", err)
 		}
 		fmt.Fprintf(e.stderr, "wrote %s\n", dst)
 	}

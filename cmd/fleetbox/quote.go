@@ -131,7 +131,11 @@ func quoteVerify(ctx context.Context, e *env, args []string) int {
 			msg += " (pass --no-revocation to verify without CRLs)"
 		}
 		out.Reasons = append(out.Reasons, msg)
-		out.ReasonCodes = append(out.ReasonCodes, "attestation_invalid")
+		code := attest.CollateralReason(err)
+		if code == "" {
+			code = "attestation_invalid"
+		}
+		out.ReasonCodes = append(out.ReasonCodes, code)
 		return printJSON(e, out, exitNo)
 	}
 	out.TcbStatus, out.TcbDetail = verdict.TcbStatus, verdict.TcbDetail

@@ -53,13 +53,15 @@ func TestQuoteVerifyCLI(t *testing.T) {
 		reason  string // a reason code the verdict must carry
 		stderrs string
 	}{
-		"accepted with collateral":  {args: []string{q1, "--collateral", coll, "--at", "2025-06-19T10:33:27Z"}, code: exitOK},
-		"after nextUpdate":          {args: []string{q1, "--collateral", coll, "--at", "2025-07-19T11:00:35Z"}, code: exitNo, reason: "attestation_invalid"},
+		"accepted with collateral": {args: []string{q1, "--collateral", coll, "--at", "2025-06-19T10:33:27Z"}, code: exitOK},
+		// Collateral failures say so, not attestation_invalid as a forged quote.
+		"after nextUpdate":          {args: []string{q1, "--collateral", coll, "--at", "2025-07-19T11:00:35Z"}, code: exitNo, reason: "collateral_expired"},
+		"before issueDate":          {args: []string{q1, "--collateral", coll, "--at", "2025-06-19T10:00:00Z"}, code: exitNo, reason: "collateral_not_yet_valid"},
 		"no collateral":             {args: []string{q1, "--at", "2025-06-19T10:33:27Z"}, code: exitNo, reason: "tcb_status_not_allowed"},
 		"report_data flipped":       {args: []string{writeTemp(t, "q", flipped), "--collateral", coll, "--at", "2025-06-19T10:33:27Z"}, code: exitNo, reason: "attestation_invalid"},
 		"debug td":                  {args: []string{shared + "trustee/tdx_quote_4.dat", "--at", "2023-02-08T08:02:55Z"}, code: exitNo, reason: "debug_not_allowed"},
 		"outdated platform":         {args: []string{shared + "trustee/az-tdx-vtpm_td-quote.bin", "--collateral", shared + "derived/automata_quote_tdx_collateral.json", "--no-revocation", "--at", "2025-07-07T09:21:26Z"}, code: exitNo, reason: "tcb_status_not_allowed"},
-		"crls required":             {args: []string{shared + "automata/quote_tdx.bin", "--collateral", shared + "derived/automata_quote_tdx_collateral.json", "--at", "2025-07-07T09:21:26Z"}, code: exitNo, reason: "attestation_invalid"},
+		"crls required":             {args: []string{shared + "automata/quote_tdx.bin", "--collateral", shared + "derived/automata_quote_tdx_collateral.json", "--at", "2025-07-07T09:21:26Z"}, code: exitNo, reason: "collateral_no_crls"},
 		"mock refused by default":   {args: []string{writeTemp(t, "m", mock)}, code: exitNo, reason: "mock_not_accepted", stderrs: "MOCK"},
 		"mock accepted by policy":   {args: []string{writeTemp(t, "m", mock), "--policy", writeTemp(t, "p.json", []byte(mockPolicy))}, code: exitOK, stderrs: "MOCK"},
 		"json array form":           {args: []string{shared + "near-mpc/quote.json", "--collateral", shared + "near-mpc/collateral.json", "--at", "2026-08-13T10:46:38Z"}, code: exitOK},

@@ -6,21 +6,22 @@
 package api
 
 import (
-	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/json"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"time"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/attest/measurement"
 )
 
 // Paths of the KMS HTTP API.
@@ -33,7 +34,7 @@ const (
 	PathAudit     = "/audit"
 )
 
-// Body limits. A real quote is about 5 KB and attest.MaxQuoteSize bounds any
+// Body limits. A real quote is about 5 KB and measurement.MaxQuoteSize bounds any
 // quote at 64 KiB; base64 grows it by 4/3.
 const (
 	MaxChallengeBody = 1 << 10
@@ -70,6 +71,14 @@ const (
 	CodeInternal              = "internal_error"
 	CodeNotFound              = "not_found"
 	CodeMethodNotAllowed      = "method_not_allowed"
+	CodeUnsupportedMediaType  = "unsupported_media_type"
+	CodeRateLimited           = "rate_limited"
+	// Collateral failures: the KMS's collateral, not the quote, is at fault
+	// (attest.CollateralReason), so clients retry (503).
+	CodeCollateralExpired     = "collateral_expired"
+	CodeCollateralNotYetValid = "collateral_not_yet_valid"
+	CodeCollateralFMSPC       = "collateral_fmspc_mismatch"
+	CodeCollateralNoCRLs      = "collateral_no_crls"
 )
 
 // Status returns the HTTP status for an error code.
@@ -85,7 +94,12 @@ func Status(code string) int {
 		return 404
 	case CodeMethodNotAllowed:
 		return 405
-	case CodePolicyNotReady, CodeTooManyChallenges, CodeCollateralUnavailable:
+	case CodeUnsupportedMediaType:
+		return 415
+	case CodeRateLimited:
+		return 429
+	case CodePolicyNotReady, CodeTooManyChallenges, CodeCollateralUnavailable,
+		CodeCollateralExpired, CodeCollateralNotYetValid, CodeCollateralFMSPC, CodeCollateralNoCRLs:
 		return 503
 	default:
 		return 500
@@ -166,7 +180,10 @@ type AttestResponse struct {
 
 // Health answers GET /health.
 type Health struct {
+	// Status is "ok", or "not_ready" (HTTP 503) with Reason saying why:
+	// the audit log cannot be appended, so no key can be released.
 	Status            string `json:"status"`
+	Reason            string `json:"reason,omitempty"`
 	PolicyReady       bool   `json:"policyReady"`
 	Profile           string `json:"profile"`
 	AuditSeq          uint64 `json:"auditSeq"`
@@ -188,19 +205,14 @@ func shapeErr(format string, a ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrShape}, a...)...)
 }
 
-// decodeStrict decodes exactly one JSON object into v: unknown fields,
-// trailing data and oversize input are refused.
+// decodeStrict decodes exactly one JSON object into v: unknown, duplicate
+// and miscased keys, trailing data and oversize input are refused.
 func decodeStrict(data []byte, limit int, v any) error {
 	if len(data) > limit {
 		return shapeErr("body of %d bytes exceeds the %d-byte limit", len(data), limit)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := strictjson.Unmarshal(data, v); err != nil {
 		return shapeErr("decoding JSON: %v", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return shapeErr("trailing data after the JSON object")
 	}
 	return nil
 }
@@ -250,7 +262,7 @@ func DecodeGetKeyRequest(data []byte) (*GetKey, error) {
 		return nil, err
 	}
 	g.PeerIDText = r.PeerID
-	if g.Quote, err = b64(r.QuoteB64, "quoteB64", 1, attest.MaxQuoteSize); err != nil {
+	if g.Quote, err = b64(r.QuoteB64, "quoteB64", 1, measurement.MaxQuoteSize); err != nil {
 		return nil, err
 	}
 	pk, err := b64(r.PeerPublicKeyB64, "peerPublicKeyB64", 32, 64)
@@ -301,13 +313,13 @@ func truncate(s string, n int) string {
 }
 
 // DecodeAttestRequest decodes an /attest body and returns its nonce.
-func DecodeAttestRequest(data []byte) ([attest.NonceSize]byte, error) {
+func DecodeAttestRequest(data []byte) ([measurement.NonceSize]byte, error) {
 	var r AttestRequest
-	var n [attest.NonceSize]byte
+	var n [measurement.NonceSize]byte
 	if err := decodeStrict(data, MaxAttestBody, &r); err != nil {
 		return n, err
 	}
-	b, err := b64(r.NonceB64, "nonceB64", attest.NonceSize, attest.NonceSize)
+	b, err := b64(r.NonceB64, "nonceB64", measurement.NonceSize, measurement.NonceSize)
 	if err != nil {
 		return n, err
 	}
@@ -390,7 +402,7 @@ const SigningDomain = "fleetbox/kms/get-key/v1"
 //	quoteHash (32)                (attest.Quote.Hash)
 //	len(sealTo) sealTo            (0 or 32 bytes)
 //	len(instanceId) instanceId    (0 for a per-peer key)
-func SigningMessage(challengeID string, nonce [attest.NonceSize]byte, peerID string, quoteHash attest.QuoteHash, sealTo []byte, instanceID string) []byte {
+func SigningMessage(challengeID string, nonce [measurement.NonceSize]byte, peerID string, quoteHash measurement.QuoteHash, sealTo []byte, instanceID string) []byte {
 	out := make([]byte, 0, len(SigningDomain)+1+4*4+len(challengeID)+len(peerID)+len(sealTo)+len(instanceID)+64)
 	out = append(out, SigningDomain...)
 	out = append(out, 0)
@@ -416,7 +428,10 @@ const ResponseDomain = "fleetbox/kms/get-key-response/v1"
 // big-endian), and SHA-256 of the delivered key material as sent (the 32 key
 // bytes, or the HPKE ciphertext).
 func ResponseMessage(challengeID, peerID, profile, instanceID string, auditSeq uint64, delivered []byte) []byte {
-	h := sha256.Sum256(delivered)
+	return responseMessage(challengeID, peerID, profile, instanceID, auditSeq, sha256.Sum256(delivered))
+}
+
+func responseMessage(challengeID, peerID, profile, instanceID string, auditSeq uint64, h [32]byte) []byte {
 	out := make([]byte, 0, len(ResponseDomain)+1+4*4+len(challengeID)+len(peerID)+len(profile)+len(instanceID)+8+32)
 	out = append(out, ResponseDomain...)
 	out = append(out, 0)
@@ -458,8 +473,8 @@ const InstanceBindingDomain = "fleetbox/kms/binding/v2"
 
 // ReportData is the report_data a node binds into its quote for a key
 // release: nonce || SHA-256(BindingFor(peerId, sealTo, instanceId)).
-func ReportData(nonce [attest.NonceSize]byte, peerID string, sealTo []byte, instanceID string) attest.ReportData {
-	return attest.BindPublicKey(nonce, BindingFor(peerID, sealTo, instanceID))
+func ReportData(nonce [measurement.NonceSize]byte, peerID string, sealTo []byte, instanceID string) measurement.ReportData {
+	return measurement.BindPublicKey(nonce, BindingFor(peerID, sealTo, instanceID))
 }
 
 // SealInfo is the HPKE info string a sealed key is bound to: the profile and
@@ -471,3 +486,52 @@ func SealInfo(profile, peerID string) []byte {
 // HPKE suite for sealed keys (RFC 9180): DHKEM(X25519, HKDF-SHA256),
 // HKDF-SHA256, ChaCha20-Poly1305.
 const SealSuite = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/ChaCha20Poly1305"
+
+// Receipt is what a /get-key answer's signature covers, without the key: a
+// node keeps it to prove later that the KMS recorded its grant at AuditSeq.
+// `fleetbox kms audit verify --receipt FILE` fails when the log no longer
+// holds that grant (the log was rolled back). DeliveredSHA256 is SHA-256 of
+// the key material as sent (the key bytes, or the HPKE ciphertext).
+type Receipt struct {
+	ChallengeID     string `json:"challengeId"`
+	PeerID          string `json:"peerId"`
+	Profile         string `json:"profile"`
+	InstanceID      string `json:"instanceId,omitempty"`
+	AuditSeq        uint64 `json:"auditSeq"`
+	DeliveredSHA256 string `json:"deliveredSha256"`
+	SignatureB64    string `json:"signatureB64"`
+}
+
+// MaxReceiptSize bounds a receipt file.
+const MaxReceiptSize = 4096
+
+// NewReceipt builds the receipt of an answer.
+func NewReceipt(challengeID, peerID, instanceID string, resp *GetKeyResponse, delivered []byte) Receipt {
+	h := sha256.Sum256(delivered)
+	return Receipt{
+		ChallengeID: challengeID, PeerID: peerID, Profile: resp.Profile, InstanceID: instanceID,
+		AuditSeq: resp.AuditSeq, DeliveredSHA256: hex.EncodeToString(h[:]), SignatureB64: resp.SignatureB64,
+	}
+}
+
+// ParseReceipt decodes a receipt strictly and checks its signature by the
+// KMS key pub.
+func ParseReceipt(data []byte, pub ed25519.PublicKey) (*Receipt, error) {
+	if len(data) > MaxReceiptSize {
+		return nil, fmt.Errorf("receipt: %d bytes exceeds the %d-byte limit", len(data), MaxReceiptSize)
+	}
+	var r Receipt
+	if err := strictjson.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("receipt: %w", err)
+	}
+	hb, err := hex.DecodeString(r.DeliveredSHA256)
+	if err != nil || len(hb) != sha256.Size {
+		return nil, errors.New("receipt: deliveredSha256 is not 32 hex bytes")
+	}
+	sig, err := base64.StdEncoding.DecodeString(r.SignatureB64)
+	if err != nil || len(pub) != ed25519.PublicKeySize ||
+		!ed25519.Verify(pub, responseMessage(r.ChallengeID, r.PeerID, r.Profile, r.InstanceID, r.AuditSeq, [32]byte(hb)), sig) {
+		return nil, errors.New("receipt: not signed by the KMS key")
+	}
+	return &r, nil
+}

@@ -67,10 +67,34 @@ func TestDecodeGetKeyRequest(t *testing.T) {
 		"seal 33 bytes":    strings.Replace(good, `"sealToB64":"`, `"sealToB64":"CQkJ`, 1),
 		"sig missing":      strings.Replace(good, `"signatureB64":"`, `"signatureB64":"","x":"`, 1),
 		"oversize":         `{"quoteB64":"` + strings.Repeat("A", api.MaxGetKeyBody) + `"}`,
+		// encoding/json took the last of duplicates and matched any case.
+		"duplicate peerId": strings.Replace(good, `{`, `{"peerId":"12D3KooWother",`, 1),
+		"PEERID":           strings.Replace(good, `"peerId"`, `"PEERID"`, 1),
+		"sealtob64 lower":  strings.Replace(good, `"sealToB64"`, `"sealtob64"`, 1),
+		"duplicate sealTo": strings.Replace(good, `"sealToB64"`, `"sealToB64":"","sealToB64"`, 1),
 	}
 	for name, body := range bad {
 		if _, err := api.DecodeGetKeyRequest([]byte(body)); !errors.Is(err, api.ErrShape) {
 			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func TestDecodeChallengeRequestIsExact(t *testing.T) {
+	id := peerText(t)
+	if _, err := api.DecodeChallengeRequest([]byte(`{"peerId":"` + id + `"}`)); err != nil {
+		t.Fatalf("valid: %v", err)
+	}
+	bad := map[string]string{
+		"PEERID":         `{"PEERID":"` + id + `"}`,
+		"peerid":         `{"peerid":"` + id + `"}`,
+		"duplicate":      `{"peerId":"bogus","peerId":"` + id + `"}`,
+		"two spellings":  `{"peerId":"` + id + `","PeerId":"` + id + `"}`,
+		"trailing value": `{"peerId":"` + id + `"}{"peerId":"` + id + `"}`,
+	}
+	for name, body := range bad {
+		if _, err := api.DecodeChallengeRequest([]byte(body)); !errors.Is(err, api.ErrShape) {
+			t.Errorf("%s: %v, want ErrShape", name, err)
 		}
 	}
 }
@@ -169,6 +193,24 @@ func FuzzDecodeAttestRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if _, err := api.DecodeAttestRequest(data); err != nil && !errors.Is(err, api.ErrShape) {
 			t.Fatalf("error without ErrShape: %v", err)
+		}
+	})
+}
+
+// FuzzParseReceipt: a receipt file is untrusted input to audit verify.
+func FuzzParseReceipt(f *testing.F) {
+	pub := sk.Public().(ed25519.PublicKey)
+	good, _ := json.Marshal(api.NewReceipt("c", peerText(f), "", &api.GetKeyResponse{Profile: "p", AuditSeq: 3,
+		SignatureB64: base64.StdEncoding.EncodeToString(ed25519.Sign(sk, api.ResponseMessage("c", peerText(f), "p", "", 3, []byte("k"))))}, []byte("k")))
+	if _, err := api.ParseReceipt(good, pub); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte(`{"auditSeq":1,"auditSeq":2}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := api.ParseReceipt(b, pub)
+		if err == nil && r.AuditSeq != 3 {
+			t.Fatalf("a receipt the key never signed verified: %+v", r)
 		}
 	})
 }

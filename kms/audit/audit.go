@@ -30,8 +30,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -130,10 +133,15 @@ type Page struct {
 
 // Errors.
 var (
+	// ErrCorrupt: the database file is damaged (bbolt found a bad page).
+	ErrCorrupt     = errors.New("audit database is corrupt")
 	ErrClosed      = errors.New("audit log is not running")
 	ErrKeyMismatch = errors.New("audit log was created with a different signing key")
 	ErrChain       = errors.New("audit chain does not verify")
 	ErrHead        = errors.New("audit head does not verify")
+	// ErrRollback: the log ends below, or forks from, a head the KMS
+	// signed and published (a witness, a receipt): records were dropped.
+	ErrRollback = errors.New("audit log was rolled back")
 )
 
 var (
@@ -141,6 +149,9 @@ var (
 	bucketMeta    = []byte("meta")
 	keyHead       = []byte("head")
 	keyPublicKey  = []byte("publicKey")
+	// keyCheckpoint is seq (u64be) || hash of the last record that start-up
+	// verified; the next start-up verifies from there.
+	keyCheckpoint = []byte("checkpoint")
 )
 
 // Config configures a Log.
@@ -157,7 +168,12 @@ type Config struct {
 	// OnCommit, if set, is called after each commit with the batch size and
 	// the time the commit took (for metrics).
 	OnCommit func(n int, d time.Duration)
-	Logger   *slog.Logger
+	// Witness, if set, is a file on a volume other than the database's. It
+	// holds the newest signed head, rewritten (and fsynced) after every
+	// commit before any caller is released; Open refuses a log that ends
+	// below it or forks from it. Empty: no witness.
+	Witness string
+	Logger  *slog.Logger
 }
 
 // Log is the audit log. Append is safe for concurrent use; Run must be
@@ -171,9 +187,16 @@ type Log struct {
 	stopped  chan struct{}
 	stopOnce sync.Once
 
-	mu   sync.RWMutex // guards head
+	mu   sync.RWMutex // guards head and failed
 	head Head
+	// failed is the last commit's error while appends fail (a full disk, a
+	// size cap), nil once one succeeds again.
+	failed error
 }
+
+// probeInterval is how often a failed log retries a commit by itself, so
+// that it reports healthy again once space is freed, without a request.
+const probeInterval = 5 * time.Second
 
 type appendReq struct {
 	ev   Event
@@ -204,57 +227,102 @@ func Open(cfg Config) (*Log, error) {
 	}
 	l := &Log{cfg: cfg, db: cfg.DB, log: lg, reqs: make(chan *appendReq, cfg.MaxBatch), stopped: make(chan struct{})}
 	pub := cfg.Signer.Public().(ed25519.PublicKey)
-	err := l.db.Update(func(tx *bolt.Tx) error {
-		recs, err := tx.CreateBucketIfNotExists(bucketRecords)
-		if err != nil {
-			return err
-		}
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		if stored := meta.Get(keyPublicKey); stored == nil {
-			if err := meta.Put(keyPublicKey, pub); err != nil {
-				return err
-			}
-		} else if subtle.ConstantTimeCompare(stored, pub) != 1 {
-			return ErrKeyMismatch
-		}
-		var h Head
-		if raw := meta.Get(keyHead); raw != nil {
-			sh, err := decodeSignedHead(raw)
+	err := guard(func() error {
+		return l.db.Update(func(tx *bolt.Tx) error {
+			recs, err := tx.CreateBucketIfNotExists(bucketRecords)
 			if err != nil {
-				return fmt.Errorf("reading head: %w", err)
-			}
-			if h, err = sh.verify(pub); err != nil {
 				return err
 			}
-		}
-		// The last record must be the head: a crash cannot split them (one
-		// transaction writes both), so a mismatch means tampering.
-		k, v := recs.Cursor().Last()
-		switch {
-		case k == nil && h.Seq != 0:
-			return fmt.Errorf("%w: head at %d but no records", ErrChain, h.Seq)
-		case k != nil:
-			seq := binary.BigEndian.Uint64(k)
-			if seq != h.Seq || RecordHash(v) != h.Hash {
-				return fmt.Errorf("%w: last record %d does not match the signed head %d", ErrChain, seq, h.Seq)
-			}
-		}
-		if meta.Get(keyHead) == nil {
-			h = l.sign(0, Hash{})
-			if err := meta.Put(keyHead, l.encodeHead(h)); err != nil {
+			meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+			if err != nil {
 				return err
 			}
-		}
-		l.head = h
-		return nil
+			if stored := meta.Get(keyPublicKey); stored == nil {
+				if err := meta.Put(keyPublicKey, pub); err != nil {
+					return err
+				}
+			} else if subtle.ConstantTimeCompare(stored, pub) != 1 {
+				return ErrKeyMismatch
+			}
+			var h Head
+			if raw := meta.Get(keyHead); raw != nil {
+				sh, err := decodeSignedHead(raw)
+				if err != nil {
+					return fmt.Errorf("reading head: %w", err)
+				}
+				if h, err = sh.verify(pub); err != nil {
+					return err
+				}
+			}
+			// The chain must run from the checkpoint to the signed head, every
+			// record naming its predecessor: a crash cannot split a record from
+			// its head (one transaction writes both), so a break means damage
+			// or tampering, and the log refuses to serve.
+			if err := verifyFromCheckpoint(recs, meta, h); err != nil {
+				return err
+			}
+			if meta.Get(keyHead) == nil {
+				h = l.sign(0, Hash{})
+				if err := meta.Put(keyHead, l.encodeHead(h)); err != nil {
+					return err
+				}
+			}
+			l.head = h
+			return meta.Put(keyCheckpoint, checkpointBytes(h.Seq, h.Hash))
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("opening audit log: %w", err)
 	}
+	if cfg.Witness != "" {
+		if err := l.checkWitness(); err != nil {
+			return nil, fmt.Errorf("opening audit log: %w", err)
+		}
+	}
 	return l, nil
+}
+
+// seqKey is a record's key: its sequence number, big-endian.
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+func seqFromKey(k []byte) uint64 { return binary.BigEndian.Uint64(k) }
+
+func checkpointBytes(seq uint64, h Hash) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, seq), h[:]...)
+}
+
+// verifyFromCheckpoint walks the records after the checkpoint (the last
+// record an earlier start-up verified) to the signed head. Start-up then
+// costs the records written since the last start, not the whole log; `kms
+// audit verify` walks everything.
+func verifyFromCheckpoint(recs, meta *bolt.Bucket, head Head) error {
+	v := &ChainVerifier{}
+	if cp := meta.Get(keyCheckpoint); cp != nil {
+		if len(cp) != 8+32 {
+			return fmt.Errorf("%w: checkpoint is %d bytes", ErrChain, len(cp))
+		}
+		v.seq = binary.BigEndian.Uint64(cp)
+		copy(v.prev[:], cp[8:])
+		if v.seq > head.Seq {
+			return fmt.Errorf("%w: checkpoint at record %d is past the signed head %d", ErrChain, v.seq, head.Seq)
+		}
+		if v.seq > 0 {
+			rec := recs.Get(seqKey(v.seq))
+			if rec == nil || RecordHash(rec) != v.prev {
+				return fmt.Errorf("%w: record %d changed since start-up verified it", ErrChain, v.seq)
+			}
+		}
+	}
+	c := recs.Cursor()
+	for k, rec := c.Seek(seqKey(v.seq + 1)); k != nil; k, rec = c.Next() {
+		if err := v.Add([]Entry{{Seq: binary.BigEndian.Uint64(k), Record: rec}}); err != nil {
+			return err
+		}
+	}
+	if v.seq != head.Seq || v.prev != head.Hash {
+		return fmt.Errorf("%w: records end at %d (%s), the signed head is %d (%s)", ErrChain, v.seq, v.prev, head.Seq, head.Hash)
+	}
+	return nil
 }
 
 func (l *Log) sign(seq uint64, h Hash) Head {
@@ -277,7 +345,7 @@ func (l *Log) signedHead(h Head) SignedHead {
 
 func decodeSignedHead(b []byte) (SignedHead, error) {
 	var sh SignedHead
-	err := json.Unmarshal(b, &sh)
+	err := strictjson.Unmarshal(b, &sh)
 	return sh, err
 }
 
@@ -350,13 +418,51 @@ func (l *Log) Append(ctx context.Context, ev Event) (uint64, error) {
 	}
 }
 
+// Err returns why appends fail, or nil while they succeed. A log whose
+// appends fail cannot record decisions, so the KMS releases no key: its
+// health check reports not ready with this error.
+func (l *Log) Err() error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.failed
+}
+
+func (l *Log) setFailed(err error) {
+	l.mu.Lock()
+	l.failed = err
+	l.mu.Unlock()
+}
+
+// probe rewrites the head in a transaction of its own: it succeeds once
+// the database can take a commit again.
+func (l *Log) probe() {
+	l.mu.RLock()
+	head := l.head
+	l.mu.RUnlock()
+	err := guard(func() error {
+		return l.db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketMeta).Put(keyHead, l.encodeHead(head))
+		})
+	})
+	if err == nil {
+		l.log.Info("audit log takes commits again")
+	}
+	l.setFailed(err)
+}
+
 // Run is the single writer: it commits queued appends in batches until ctx
 // ends, then fails what is still queued with ErrClosed and returns nil.
 func (l *Log) Run(ctx context.Context) error {
 	defer l.stopOnce.Do(func() { close(l.stopped) })
 	batch := make([]*appendReq, 0, l.cfg.MaxBatch)
+	probe := time.NewTicker(probeInterval)
+	defer probe.Stop()
 	for {
 		select {
+		case <-probe.C:
+			if l.Err() != nil {
+				l.probe()
+			}
 		case <-ctx.Done():
 			l.stopOnce.Do(func() { close(l.stopped) })
 			for {
@@ -390,26 +496,43 @@ func (l *Log) commit(batch []*appendReq) {
 	l.mu.RUnlock()
 	seqs := make([]uint64, len(batch))
 	var newHead Head
-	err := l.db.Update(func(tx *bolt.Tx) error {
-		recs := tx.Bucket(bucketRecords)
-		seq, prev := head.Seq, head.Hash
-		for i, r := range batch {
-			seq++
-			js, err := json.Marshal(Record{Seq: seq, Prev: prev.String(), Event: r.ev})
-			if err != nil {
-				return err
+	err := guard(func() error {
+		return l.db.Update(func(tx *bolt.Tx) error {
+			recs := tx.Bucket(bucketRecords)
+			seq, prev := head.Seq, head.Hash
+			for i, r := range batch {
+				seq++
+				js, err := json.Marshal(Record{Seq: seq, Prev: prev.String(), Event: r.ev})
+				if err != nil {
+					return err
+				}
+				if err := recs.Put(seqKey(seq), js); err != nil {
+					return err
+				}
+				prev = RecordHash(js)
+				seqs[i] = seq
 			}
-			if err := recs.Put(binary.BigEndian.AppendUint64(nil, seq), js); err != nil {
-				return err
-			}
-			prev = RecordHash(js)
-			seqs[i] = seq
-		}
-		newHead = l.sign(seq, prev)
-		return tx.Bucket(bucketMeta).Put(keyHead, l.encodeHead(newHead))
+			newHead = l.sign(seq, prev)
+			return tx.Bucket(bucketMeta).Put(keyHead, l.encodeHead(newHead))
+		})
 	})
+	if err == nil && l.cfg.Witness != "" {
+		// The witness never lags what a caller was told: any head a client
+		// saw is at most the one the witness holds.
+		if werr := writeWitness(l.cfg.Witness, l.signedHead(newHead)); werr != nil {
+			err = fmt.Errorf("writing the audit witness: %w", werr)
+			// The records are committed but not acknowledged; the head
+			// moves on so that later commits chain from them.
+			l.mu.Lock()
+			l.head = newHead
+			l.mu.Unlock()
+		}
+	}
 	if err != nil {
-		l.log.Error("audit commit failed; decisions in this batch are refused", "records", len(batch), "err", err)
+		if l.Err() == nil {
+			l.log.Error("audit commit failed; no key is released until commits succeed again", "records", len(batch), "err", err)
+		}
+		l.setFailed(err)
 		for _, r := range batch {
 			r.done <- appendRes{err: fmt.Errorf("committing audit records: %w", err)}
 		}
@@ -417,6 +540,10 @@ func (l *Log) commit(batch []*appendReq) {
 	}
 	l.mu.Lock()
 	l.head = newHead
+	if l.failed != nil {
+		l.log.Info("audit log takes commits again")
+	}
+	l.failed = nil
 	l.mu.Unlock()
 	// Count the commit before acknowledging it, so a writer that saw its
 	// record acknowledged also sees it in the metrics.
@@ -444,26 +571,32 @@ func ReadPage(db *bolt.DB, after uint64, limit int) (*Page, error) {
 		limit = MaxPage
 	}
 	p := &Page{Entries: []Entry{}}
-	err := db.View(func(tx *bolt.Tx) error {
-		recs, meta := tx.Bucket(bucketRecords), tx.Bucket(bucketMeta)
-		if recs == nil || meta == nil {
-			return errors.New("no audit log in this database")
-		}
-		sh, err := decodeSignedHead(meta.Get(keyHead))
-		if err != nil {
-			return fmt.Errorf("reading head: %w", err)
-		}
-		sh.PublicKeyB64 = base64.StdEncoding.EncodeToString(meta.Get(keyPublicKey))
-		p.Head = sh
-		c := recs.Cursor()
-		var last uint64 = after
-		for k, v := c.Seek(binary.BigEndian.AppendUint64(nil, after+1)); k != nil && len(p.Entries) < limit; k, v = c.Next() {
-			seq := binary.BigEndian.Uint64(k)
-			p.Entries = append(p.Entries, Entry{Seq: seq, Hash: RecordHash(v).String(), Record: bytes.Clone(v)})
-			last = seq
-		}
-		p.More = last < sh.Seq
-		return nil
+	err := guard(func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			recs, meta := tx.Bucket(bucketRecords), tx.Bucket(bucketMeta)
+			if recs == nil || meta == nil {
+				return errors.New("no audit log in this database")
+			}
+			sh, err := decodeSignedHead(meta.Get(keyHead))
+			if err != nil {
+				return fmt.Errorf("reading head: %w", err)
+			}
+			sh.PublicKeyB64 = base64.StdEncoding.EncodeToString(meta.Get(keyPublicKey))
+			p.Head = sh
+			p.More = after < sh.Seq
+			if after == math.MaxUint64 {
+				return nil // nothing follows the last sequence number (after+1 would wrap to 0)
+			}
+			c := recs.Cursor()
+			var last uint64 = after
+			for k, v := c.Seek(seqKey(after + 1)); k != nil && len(p.Entries) < limit; k, v = c.Next() {
+				seq := binary.BigEndian.Uint64(k)
+				p.Entries = append(p.Entries, Entry{Seq: seq, Hash: RecordHash(v).String(), Record: bytes.Clone(v)})
+				last = seq
+			}
+			p.More = last < sh.Seq
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("reading audit log: %w", err)
@@ -477,15 +610,44 @@ type ChainVerifier struct {
 	prev Hash
 	// Counts of decisions seen.
 	Granted, Denied int
+
+	expect map[uint64][]expectation
+	broken []error
+}
+
+// expectation is a place the log must hold, named by something the KMS
+// signed and handed out (a receipt).
+type expectation struct {
+	what  string
+	check func(Hash, Record) error
+}
+
+// Expect registers a receipt: the record at seq must exist and satisfy
+// check. Finish fails with ErrRollback if the chain ends before seq or check
+// fails: the KMS signed that record, and the log no longer holds it.
+func (v *ChainVerifier) Expect(seq uint64, what string, check func(Hash, Record) error) {
+	if v.expect == nil {
+		v.expect = make(map[uint64][]expectation)
+	}
+	v.expect[seq] = append(v.expect[seq], expectation{what, check})
+}
+
+// ExpectHead registers a signed head (a witness, or a head saved from GET
+// /audit): the log must hold its record, with its hash.
+func (v *ChainVerifier) ExpectHead(h Head, what string) {
+	v.Expect(h.Seq, what, func(got Hash, _ Record) error {
+		if got != h.Hash {
+			return fmt.Errorf("record %d hashes to %s, the signed head says %s (the log forked)", h.Seq, got, h.Hash)
+		}
+		return nil
+	})
 }
 
 // Add checks entries that continue the chain.
 func (v *ChainVerifier) Add(entries []Entry) error {
 	for _, e := range entries {
 		var r Record
-		dec := json.NewDecoder(bytes.NewReader(e.Record))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&r); err != nil {
+		if err := strictjson.Unmarshal(e.Record, &r); err != nil {
 			return fmt.Errorf("%w: record %d: %v", ErrChain, e.Seq, err)
 		}
 		if r.Seq != v.seq+1 || e.Seq != r.Seq {
@@ -508,6 +670,12 @@ func (v *ChainVerifier) Add(entries []Entry) error {
 			return fmt.Errorf("%w: record %d: decision %q", ErrChain, r.Seq, r.Decision)
 		}
 		v.seq, v.prev = r.Seq, h
+		for _, x := range v.expect[r.Seq] {
+			if err := x.check(h, r); err != nil {
+				v.broken = append(v.broken, fmt.Errorf("%w: %s: %v", ErrRollback, x.what, err))
+			}
+		}
+		delete(v.expect, r.Seq)
 	}
 	return nil
 }
@@ -523,7 +691,16 @@ func (v *ChainVerifier) Finish(sh SignedHead, pub ed25519.PublicKey) (Head, erro
 	if h.Seq != v.seq || h.Hash != v.prev {
 		return h, fmt.Errorf("%w: chain ends at record %d (%s), signed head is %d (%s)", ErrChain, v.seq, v.prev, h.Seq, h.Hash)
 	}
-	return h, nil
+	errs := v.broken
+	for seq, xs := range v.expect {
+		if seq == 0 {
+			continue // a head of the empty log
+		}
+		for _, x := range xs {
+			errs = append(errs, fmt.Errorf("%w: %s names record %d, but the log ends at %d", ErrRollback, x.what, seq, v.seq))
+		}
+	}
+	return h, errors.Join(errs...)
 }
 
 // Seq returns the last verified sequence number.
@@ -535,20 +712,39 @@ func (v *ChainVerifier) Seq() uint64 { return v.seq }
 // that the log is consistent, not who wrote it.
 func VerifyPages(fetch func(after uint64) (*Page, error), pub ed25519.PublicKey) (*ChainVerifier, Head, error) {
 	v := &ChainVerifier{}
+	h, err := v.VerifyPages(fetch, pub)
+	return v, h, err
+}
+
+// VerifyPages is the function VerifyPages on a verifier that may hold
+// expectations (Expect, ExpectHead).
+func (v *ChainVerifier) VerifyPages(fetch func(after uint64) (*Page, error), pub ed25519.PublicKey) (Head, error) {
 	for {
 		p, err := fetch(v.seq)
 		if err != nil {
-			return v, Head{}, err
+			return Head{}, err
 		}
 		if err := v.Add(p.Entries); err != nil {
-			return v, Head{}, err
+			return Head{}, err
 		}
 		if !p.More {
-			h, err := v.Finish(p.Head, pub)
-			return v, h, err
+			return v.Finish(p.Head, pub)
 		}
 		if len(p.Entries) == 0 {
-			return v, Head{}, fmt.Errorf("%w: no records after %d, but the head is at %d", ErrChain, v.seq, p.Head.Seq)
+			return Head{}, fmt.Errorf("%w: no records after %d, but the head is at %d", ErrChain, v.seq, p.Head.Seq)
 		}
 	}
+}
+
+// guard runs f and turns a panic into an error wrapping ErrCorrupt. bbolt
+// panics, rather than failing, when it meets a damaged page (a bad page type
+// or an out-of-range page id); a corrupt kms.db must stop the KMS with a
+// clear error, not a stack trace.
+func guard(f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w (restore kms.db from a backup, and check it with `fleetbox kms audit verify --state`): %v", ErrCorrupt, r)
+		}
+	}()
+	return f()
 }

@@ -26,9 +26,12 @@ import (
 	mathrand "math/rand/v2"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -140,6 +143,8 @@ type APIError struct {
 	Status  int
 	Code    string
 	Details []string
+	// RetryAfter is the server's Retry-After (429, 503), zero without one.
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string {
@@ -150,10 +155,14 @@ func (e *APIError) Error() string {
 	return msg
 }
 
-// Temporary reports whether a later attempt may succeed (5xx).
-func (e *APIError) Temporary() bool { return e.Status >= 500 }
+// Temporary reports whether a later attempt may succeed (5xx, and 429: a
+// per-client limit that refills).
+func (e *APIError) Temporary() bool {
+	return e.Status >= 500 || e.Status == http.StatusTooManyRequests
+}
 
-// retryable: network errors and 5xx; never 4xx, never a cancelled context.
+// retryable: network errors, 5xx and 429; never another 4xx, never a
+// cancelled context.
 func retryable(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return false
@@ -174,6 +183,9 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
+// maxRetryAfter bounds how long a server's Retry-After can make us wait.
+const maxRetryAfter = time.Minute
+
 func (c *Client) retry(ctx context.Context, what string, f func() error) error {
 	backoff := c.cfg.InitialBackoff
 	var err error
@@ -182,6 +194,9 @@ func (c *Client) retry(ctx context.Context, what string, f func() error) error {
 			break
 		}
 		d := backoff/2 + time.Duration(mathrand.Int64N(int64(backoff)/2+1))
+		if ae := (*APIError)(nil); errors.As(err, &ae) && ae.RetryAfter > d {
+			d = min(ae.RetryAfter, maxRetryAfter)
+		}
 		c.log.Warn("kms request failed; retrying", "what", what, "attempt", attempt, "in", d, "err", err)
 		t := time.NewTimer(d)
 		select {
@@ -229,13 +244,16 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if res.StatusCode != http.StatusOK {
 		ae := &APIError{Status: res.StatusCode, Code: "http_" + fmt.Sprint(res.StatusCode)}
+		if s, err := strconv.Atoi(res.Header.Get("Retry-After")); err == nil && s > 0 {
+			ae.RetryAfter = time.Duration(s) * time.Second
+		}
 		var e api.Error
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		if strictjson.UnmarshalKnown(data, &e) == nil && e.Error != "" {
 			ae.Code, ae.Details = e.Error, e.Details
 		}
 		return ae
 	}
-	if err := json.Unmarshal(data, out); err != nil {
+	if err := strictjson.UnmarshalKnown(data, out); err != nil {
 		return &permanentError{fmt.Errorf("%s %s: decoding response: %w", method, path, err)}
 	}
 	return nil
@@ -251,6 +269,10 @@ type Key struct {
 	AuditSeq uint64
 	// Sealed is true when it arrived HPKE-sealed.
 	Sealed bool
+	// Receipt is the answer's signed facts without the key: keep it to
+	// prove later that the KMS recorded this grant (`fleetbox kms audit
+	// verify --receipt`).
+	Receipt api.Receipt
 }
 
 // Bytes returns a copy of the key.
@@ -350,12 +372,14 @@ func (c *Client) getKeyOnce(ctx context.Context) (*Key, error) {
 		}
 		copy(k.b[:], pt)
 		clear(pt)
+		k.Receipt = api.NewReceipt(ch.ChallengeID, idText, c.cfg.InstanceID, &resp, ct)
 	default:
 		b, err := hex.DecodeString(resp.Key)
 		if err != nil || len(b) != api.KeySize {
 			return nil, &permanentError{errors.New("get-key: key is not 32 bytes of hex")}
 		}
 		copy(k.b[:], b)
+		k.Receipt = api.NewReceipt(ch.ChallengeID, idText, c.cfg.InstanceID, &resp, b)
 		clear(b)
 	}
 	return k, nil

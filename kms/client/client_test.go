@@ -79,6 +79,7 @@ func TestRetries(t *testing.T) {
 		"401 is final":               {[]int{401}, 1, false, 401},
 		"400 is final":               {[]int{400}, 1, false, 400},
 		"503 then 403 stops":         {[]int{503, 403}, 2, false, 403},
+		"429 (rate limited) then ok": {[]int{429}, 2, true, 0},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 )
 
 // jsonEvent is one event in dstack's JSON event log.
@@ -33,7 +35,7 @@ func ParseJSON(b []byte) (*Log, error) {
 		var wrap struct {
 			EventLog json.RawMessage `json:"event_log"`
 		}
-		if err := json.Unmarshal(raw, &wrap); err != nil {
+		if err := strictjson.UnmarshalKnown(raw, &wrap); err != nil {
 			return nil, &FormatError{-1, fmt.Sprintf("JSON object: %v", err)}
 		}
 		if wrap.EventLog == nil {
@@ -42,14 +44,14 @@ func ParseJSON(b []byte) (*Log, error) {
 		raw = wrap.EventLog
 		if len(raw) > 0 && raw[0] == '"' {
 			var s string
-			if err := json.Unmarshal(raw, &s); err != nil {
+			if err := strictjson.Unmarshal(raw, &s); err != nil {
 				return nil, &FormatError{-1, fmt.Sprintf(`"event_log" string: %v`, err)}
 			}
 			raw = []byte(s)
 		}
 	}
 	var evs []jsonEvent
-	if err := json.Unmarshal(raw, &evs); err != nil {
+	if err := strictjson.UnmarshalKnown(raw, &evs); err != nil {
 		return nil, &FormatError{-1, fmt.Sprintf("JSON event array: %v", err)}
 	}
 	if len(evs) > maxEvents {

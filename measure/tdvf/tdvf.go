@@ -27,7 +27,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/attest/measurement"
 )
 
 // Section types (TDX Virtual Firmware Design Guide, table 11-2).
@@ -306,19 +306,19 @@ type Options struct {
 }
 
 // MRTD computes the MRTD of a TD built from fw in the given order.
-func MRTD(fw []byte, order Order, opts *Options) (attest.MRTD, error) {
+func MRTD(fw []byte, order Order, opts *Options) (measurement.MRTD, error) {
 	md, err := Parse(fw)
 	if err != nil {
-		return attest.MRTD{}, err
+		return measurement.MRTD{}, err
 	}
 	return md.MRTD(fw, order, opts)
 }
 
 // MRTD computes the MRTD from already-parsed metadata and the image it came
 // from.
-func (md *Metadata) MRTD(fw []byte, order Order, opts *Options) (attest.MRTD, error) {
+func (md *Metadata) MRTD(fw []byte, order Order, opts *Options) (measurement.MRTD, error) {
 	if _, err := ParseOrder(string(order)); err != nil {
-		return attest.MRTD{}, err
+		return measurement.MRTD{}, err
 	}
 	if opts == nil {
 		opts = &Options{}
@@ -330,13 +330,13 @@ func (md *Metadata) MRTD(fw []byte, order Order, opts *Options) (attest.MRTD, er
 			continue
 		}
 		if uint64(s.DataOffset)+uint64(s.RawDataSize) > uint64(len(fw)) {
-			return attest.MRTD{}, formatErr(-1, "section %d: raw data outside the image", i)
+			return measurement.MRTD{}, formatErr(-1, "section %d: raw data outside the image", i)
 		}
 		extend := s.Attributes&AttrMRExtend != 0 || order == AllRegions
 		content := fw[s.DataOffset : s.DataOffset+s.RawDataSize]
 		if s.Type == TypeTDHOB && order == AllRegions && opts.TDHOB != nil {
 			if uint64(len(opts.TDHOB)) > s.MemoryDataSize {
-				return attest.MRTD{}, fmt.Errorf("tdvf: TD HOB of %d bytes exceeds its %d-byte section", len(opts.TDHOB), s.MemoryDataSize)
+				return measurement.MRTD{}, fmt.Errorf("tdvf: TD HOB of %d bytes exceeds its %d-byte section", len(opts.TDHOB), s.MemoryDataSize)
 			}
 			content = opts.TDHOB
 		}
@@ -366,8 +366,8 @@ func (md *Metadata) MRTD(fw []byte, order Order, opts *Options) (attest.MRTD, er
 }
 
 // MRTDs computes the MRTD in every order (Orders), concurrently.
-func (md *Metadata) MRTDs(fw []byte, opts *Options) (map[Order]attest.MRTD, error) {
-	res := make([]attest.MRTD, len(Orders))
+func (md *Metadata) MRTDs(fw []byte, opts *Options) (map[Order]measurement.MRTD, error) {
+	res := make([]measurement.MRTD, len(Orders))
 	var g errgroup.Group
 	for i, o := range Orders {
 		g.Go(func() error {
@@ -379,7 +379,7 @@ func (md *Metadata) MRTDs(fw []byte, opts *Options) (map[Order]attest.MRTD, erro
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	out := make(map[Order]attest.MRTD, len(Orders))
+	out := make(map[Order]measurement.MRTD, len(Orders))
 	for i, o := range Orders {
 		out[o] = res[i]
 	}
@@ -433,8 +433,8 @@ func (m *measurer) record(tag string, gpa uint64) {
 	m.h.Write(m.buf[:])
 }
 
-func (m *measurer) sum() attest.MRTD {
-	var out attest.MRTD
+func (m *measurer) sum() measurement.MRTD {
+	var out measurement.MRTD
 	m.h.Sum(out[:0])
 	return out
 }

@@ -31,7 +31,17 @@ type AnnouncerConfig struct {
 	// MinBackoff and MaxBackoff bound the wait between announces (default
 	// 500 ms doubling to 30 s).
 	MinBackoff, MaxBackoff time.Duration
-	Logger                 *slog.Logger
+	// Fetch, if set, is called every FetchInterval (default 50 ms) while an
+	// announce waits for its answer: it asks peers for ops this node lacks.
+	// The ops that admit a replica are gossiped the moment a verifier has
+	// checked the announce, when the replica has just joined the topic and
+	// its peers may not count it in yet (their view of its subscription
+	// lags, and an op that reached a peer before its parents is not
+	// forwarded), so gossip alone missed them in about one join of fifty
+	// and the replica waited for the next heartbeat (30 s in production).
+	Fetch         func()
+	FetchInterval time.Duration
+	Logger        *slog.Logger
 }
 
 // Announcer publishes TeeAttestationAnnounces until the replica is admitted.
@@ -47,6 +57,9 @@ func NewAnnouncer(cfg AnnouncerConfig) *Announcer {
 	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.FetchInterval == 0 {
+		cfg.FetchInterval = 50 * time.Millisecond
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -76,12 +89,23 @@ func (a *Announcer) Run(ctx context.Context) error {
 			a.log.Info("TeeAttestationAnnounce published", "namespace", fmt.Sprintf("%x", a.cfg.Namespace[:8]), "attempt", attempt, "source", a.cfg.Source.Kind())
 		}
 		deadline := time.NewTimer(wait)
+		var fetch <-chan time.Time
+		var fetchTicker *time.Ticker
+		if published && a.cfg.Fetch != nil {
+			fetchTicker = time.NewTicker(a.cfg.FetchInterval)
+			fetch = fetchTicker.C
+		}
 	waiting:
 		for {
 			select {
 			case <-ctx.Done():
 				deadline.Stop()
+				if fetchTicker != nil {
+					fetchTicker.Stop()
+				}
 				return nil
+			case <-fetch:
+				a.cfg.Fetch()
 			case <-deadline.C:
 				break waiting
 			case <-a.cfg.Wake:
@@ -92,6 +116,9 @@ func (a *Announcer) Run(ctx context.Context) error {
 					break waiting
 				}
 			}
+		}
+		if fetchTicker != nil {
+			fetchTicker.Stop()
 		}
 		if published {
 			wait = min(2*wait, a.cfg.MaxBackoff)

@@ -107,3 +107,38 @@ func TestHeadTracker(t *testing.T) {
 		t.Error("head known in another namespace")
 	}
 }
+
+// When the ops that admit the replica do not reach it by gossip, the
+// announcer fetches them while it waits for an answer, rather than waiting
+// out its backoff (here an hour) or the next heartbeat (30 s in production).
+func TestAnnouncerFetchesWhileWaiting(t *testing.T) {
+	_, id, _ := ed25519.GenerateKey(nil)
+	var admitted atomic.Bool
+	var published, fetched atomic.Int32
+	wake := make(chan struct{}, 1)
+	a := NewAnnouncer(AnnouncerConfig{
+		Namespace: testNS, Identity: id, Agreement: [32]byte{1},
+		Source:   &attest.MockSource{Quote: attest.MockQuote{MRTD: goodMRTD}},
+		Head:     func() ([32]byte, error) { return headNow, nil },
+		Publish:  func(context.Context, []byte) error { published.Add(1); return nil },
+		Admitted: admitted.Load,
+		Wake:     wake,
+		// The admission ops reach this node only when it asks for them.
+		Fetch: func() {
+			if fetched.Add(1) == 2 {
+				admitted.Store(true)
+				wake <- struct{}{}
+			}
+		},
+		FetchInterval: time.Millisecond,
+		MinBackoff:    time.Hour, MaxBackoff: time.Hour,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second) // a guard against hangs
+	defer cancel()
+	if err := a.Run(ctx); err != nil || ctx.Err() != nil {
+		t.Fatalf("Run: %v, ctx %v", err, ctx.Err())
+	}
+	if !admitted.Load() || published.Load() != 1 || fetched.Load() < 2 {
+		t.Fatalf("admitted %v after %d announces and %d fetches", admitted.Load(), published.Load(), fetched.Load())
+	}
+}

@@ -114,6 +114,11 @@ func (c *Checker) Check(ctx context.Context, ns [32]byte, a *Announce, v View) (
 	}
 	verdict, err := c.Verifier.Verify(ctx, a.Quote)
 	if err != nil {
+		// The collateral's fault (stale, for another platform, no CRLs)
+		// is this verifier's problem, not a forged quote: say which.
+		if code := attest.CollateralReason(err); code != "" {
+			return nil, refuse(Reason(code), "verifying quote: %w", err)
+		}
 		return nil, refuse(ReasonAttestationInvalid, "verifying quote: %w", err)
 	}
 	q := verdict.Quote

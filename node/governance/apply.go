@@ -29,6 +29,8 @@ type state struct {
 	genesis bool
 	groups  map[GroupID]*groupState
 	policy  []byte // TeeAdmissionPolicy JSON, nil until set
+	// polCache is policy decoded once, shared by clones (tee.go).
+	polCache *parsedPolicy
 	// nonces is the highest nonce applied per signer (skeletons included).
 	nonces map[PublicKey]uint64
 	// incomplete is set once an op whose group key is not held was replayed:
@@ -50,7 +52,7 @@ func newState(ns NamespaceID) *state {
 
 // clone returns a deep copy (policy bytes are never mutated, so shared).
 func (st *state) clone() *state {
-	c := &state{ns: st.ns, genesis: st.genesis, policy: st.policy, incomplete: st.incomplete,
+	c := &state{ns: st.ns, genesis: st.genesis, policy: st.policy, polCache: st.polCache, incomplete: st.incomplete,
 		groups: make(map[GroupID]*groupState, len(st.groups)), nonces: maps.Clone(st.nonces), quotes: maps.Clone(st.quotes),
 		admissions: maps.Clone(st.admissions)}
 	for id, g := range st.groups {
@@ -273,7 +275,7 @@ func (st *state) applyRoot(n *opNode) *RefusedError {
 		if row.Role != RoleAdmin {
 			return unauthorized(id, "TeeAdmissionPolicySet needs Admin in the root group")
 		}
-		st.policy = r.TeeAdmissionPolicySet.Policy
+		st.policy, st.polCache = r.TeeAdmissionPolicySet.Policy, &parsedPolicy{}
 		return nil
 
 	case r.MemberJoinedViaTeeAttestation != nil:

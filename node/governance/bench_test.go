@@ -109,10 +109,8 @@ func BenchmarkSyncConcurrent(b *testing.B) {
 	nodes := []*testNode{newNode(b), newNode(b), newNode(b)}
 	ns, _, err := nodes[0].e.CreateNamespace(bg)
 	ok(b, err)
-	var keys []MemberKeys
 	for _, n := range nodes[1:] {
 		k := mustT[MemberKeys](b)(n.e.JoinNamespace(ns))
-		keys = append(keys, k)
 		mustT[[][]byte](b)(nodes[0].e.AddMember(bg, ns, ns.Root(), k, RoleAdmin, 0))
 	}
 	member := newNode(b)

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/node/store"
@@ -27,9 +28,10 @@ type Config struct {
 	// Registerer receives the engine's Prometheus collectors; nil registers
 	// nothing (the counters still work).
 	Registerer prometheus.Registerer
-	// MaxPending bounds the ops per namespace waiting for parents; 0 means
-	// DefaultMaxPending.
-	MaxPending int
+	// Pending bounds the queue of ops waiting for parents (pending.go).
+	Pending PendingLimits
+	// Now is the clock of the pending queue's age limit; nil means time.Now.
+	Now func() time.Time
 	// Rand is the source of keys and nonces; nil means crypto/rand.
 	Rand io.Reader
 }
@@ -45,11 +47,12 @@ const maxRefusedMemory = 65536
 // applies and persists SignedNamespaceOps, and answers sync and state
 // queries. It starts no goroutines. All methods are safe for concurrent use.
 type Engine struct {
-	st      *store.Store
-	log     *slog.Logger
-	rand    io.Reader
-	maxPend int
-	m       *metrics
+	st     *store.Store
+	log    *slog.Logger
+	rand   io.Reader
+	limits PendingLimits // defaults filled in
+	now    func() time.Time
+	m      *metrics
 
 	// mu guards spaces (the map, not the spaces themselves).
 	mu     sync.RWMutex
@@ -65,15 +68,11 @@ type space struct {
 	d       *dag
 	pending map[OpID]*pendingOp
 	waiting map[OpID][]OpID // missing parent -> pending ops waiting for it
+	use     pendingUse      // what pending holds (pending.go)
 	refused map[OpID]Reason
 	// gone is set by Forget: a caller that fetched the space before and
 	// waited for mu must not write it back (the self-purge deletes its rows).
 	gone bool
-}
-
-type pendingOp struct {
-	op      *decodedOp
-	missing map[OpID]bool
 }
 
 // Store layout (keys inside the columns; values are CBOR, sealed by store):
@@ -108,7 +107,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("governance: Config.Store is nil")
 	}
-	e := &Engine{st: cfg.Store, log: cfg.Logger, rand: cfg.Rand, maxPend: cfg.MaxPending,
+	e := &Engine{st: cfg.Store, log: cfg.Logger, rand: cfg.Rand, now: cfg.Now,
 		spaces: map[NamespaceID]*space{}}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
@@ -116,8 +115,21 @@ func New(cfg Config) (*Engine, error) {
 	if e.rand == nil {
 		e.rand = rand.Reader
 	}
-	if e.maxPend <= 0 {
-		e.maxPend = DefaultMaxPending
+	if e.now == nil {
+		e.now = time.Now
+	}
+	e.limits = cfg.Pending
+	for _, l := range []struct {
+		v *int
+		d int
+	}{{&e.limits.MaxPending, DefaultMaxPending}, {&e.limits.MaxPendingBytes, DefaultMaxPendingBytes},
+		{&e.limits.MaxPendingPerSigner, DefaultMaxPendingPerSigner}, {&e.limits.MaxPendingPerOrigin, DefaultMaxPendingPerOrigin}} {
+		if *l.v <= 0 {
+			*l.v = l.d
+		}
+	}
+	if e.limits.MaxPendingAge <= 0 {
+		e.limits.MaxPendingAge = DefaultMaxPendingAge
 	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
@@ -470,6 +482,10 @@ type ApplyResult struct {
 	Duplicate int // already known (applied or pending)
 	Pending   int // now waiting for parents
 	Refused   int // failed decoding, signature, nonce, authorization, ...
+	// LocalRefused counts the refusals due to this node's state, not to
+	// the op (a full pending queue, a quota): another node may take the op,
+	// so whoever forwarded it is not at fault.
+	LocalRefused int
 	// FirstRefusal is why the first refused op was refused (a
 	// *RefusedError).
 	FirstRefusal error
@@ -594,8 +610,11 @@ func (e *Engine) Apply(ctx context.Context, ns NamespaceID, wires [][]byte) (App
 		return res, fmt.Errorf("%w: %s was forgotten", ErrUnknownNamespace, ns)
 	}
 	ch := &changes{}
+	now := e.now()
+	e.expirePending(sp, now)
+	origin := originOf(ctx)
 	for _, op := range ops {
-		e.receive(sp, op, &res, ch)
+		e.receive(sp, op, origin, now, &res, ch)
 	}
 	if err := e.commit(ns, sp, ch); err != nil {
 		return res, err
@@ -622,12 +641,15 @@ func (e *Engine) refuse(res *ApplyResult, err error) {
 	if errors.As(err, &re) {
 		reason = re.Reason
 	}
+	if reason.Local() {
+		res.LocalRefused++
+	}
 	e.m.refused.WithLabelValues(string(reason)).Inc()
 	e.log.Debug("op refused", "err", err)
 }
 
 // receive handles one stateless-valid op under sp.mu.
-func (e *Engine) receive(sp *space, op *decodedOp, res *ApplyResult, ch *changes) {
+func (e *Engine) receive(sp *space, op *decodedOp, origin string, now time.Time, res *ApplyResult, ch *changes) {
 	id := op.id
 	if _, ok := sp.d.nodes[id]; ok {
 		res.Duplicate++
@@ -652,14 +674,14 @@ func (e *Engine) receive(sp *space, op *decodedOp, res *ApplyResult, ch *changes
 		}
 	}
 	if len(missing) > 0 {
-		if len(sp.pending) >= e.maxPend {
-			e.refuse(res, refused(id, ReasonPendingFull, ErrPendingFull))
+		po := &pendingOp{wire: bytes.Clone(op.wire), signer: op.body.Signer, origin: origin, added: now,
+			outside: !sp.d.tip.isMember(op.body.Signer), missing: missing}
+		if rerr := e.pendingRoom(sp, po); rerr != nil {
+			rerr.Op = id
+			e.refuse(res, rerr)
 			return
 		}
-		sp.pending[id] = &pendingOp{op: op, missing: missing}
-		for p := range missing {
-			sp.waiting[p] = append(sp.waiting[p], id)
-		}
+		sp.addPending(id, po)
 		res.Pending++
 		return
 	}
@@ -686,8 +708,13 @@ func (e *Engine) receive(sp *space, op *decodedOp, res *ApplyResult, ch *changes
 			}
 			delete(po.missing, op.id)
 			if len(po.missing) == 0 {
-				delete(sp.pending, cid)
-				queue = append(queue, po.op)
+				sp.takePending(cid)
+				dop, err := decodeOp(po.wire)
+				if err != nil { // it decoded when it arrived
+					e.refuse(res, err)
+					continue
+				}
+				queue = append(queue, dop)
 			}
 		}
 		delete(sp.waiting, op.id)
@@ -702,19 +729,12 @@ func (e *Engine) refusePendingDescendants(sp *space, id OpID, res *ApplyResult) 
 		p := work[len(work)-1]
 		work = work[:len(work)-1]
 		for _, cid := range sp.waiting[p] {
-			po := sp.pending[cid]
+			po := sp.takePending(cid)
 			if po == nil {
 				continue
 			}
-			delete(sp.pending, cid)
-			for m := range po.missing {
-				if m != p {
-					sp.waiting[m] = slices.DeleteFunc(sp.waiting[m], func(x OpID) bool { return x == cid })
-					if len(sp.waiting[m]) == 0 {
-						delete(sp.waiting, m)
-					}
-				}
-			}
+			delete(po.missing, p)
+			sp.unlinkWaiting(cid, po)
 			e.refuseAndRemember(sp, res, refused(cid, ReasonParent, ErrParentRefused))
 			work = append(work, cid)
 		}
@@ -1026,7 +1046,6 @@ func (e *Engine) Forget(ns NamespaceID) {
 	}
 	wipe(sp.id.signing)
 	sp.d = newDAG(ns)
-	clear(sp.pending)
-	clear(sp.waiting)
+	sp.clearPending()
 	e.m.pending.DeleteLabelValues(ns.String())
 }

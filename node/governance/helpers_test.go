@@ -16,7 +16,6 @@ import (
 )
 
 type testNode struct {
-	t    *testing.T
 	path string
 	key  *store.Key
 	st   *store.Store

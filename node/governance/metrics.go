@@ -22,7 +22,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fleetbox_governance_ops_refused_total",
-			Help: "Namespace ops refused, by reason (malformed, oversize, signature, wrong_namespace, nonce, not_member, read_only, unauthorized, invalid, parent_refused, pending_full).",
+			Help: "Namespace ops refused, by reason (malformed, oversize, signature, wrong_namespace, nonce, not_member, read_only, unauthorized, invalid, parent_refused, pending_full, pending_quota, pending_expired).",
 		}, []string{"reason"}),
 		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "fleetbox_governance_ops_pending",

@@ -5,22 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/fleetbox/fleetbox/node/ids"
 )
 
-// NamespaceID names a namespace. It is also the id of its root group:
-// SHA-256("fleetbox/v1/namespace-id" || creator signing key || salt), so only
-// the creator's key can sign a genesis op for it.
-type NamespaceID [32]byte
-
-// GroupID names a group. The root group's id equals the NamespaceID.
-type GroupID [32]byte
-
-// OpID is SHA-256 of a SignedNamespaceOp's signed bytes (domain label and
-// canonical body).
-type OpID [32]byte
-
-// PublicKey is a namespace identity's Ed25519 public key. It names a member.
-type PublicKey [32]byte
+// The identifiers governance shares with p2p and the node (node/ids).
+type (
+	NamespaceID = ids.NamespaceID
+	GroupID     = ids.GroupID
+	OpID        = ids.OpID
+	PublicKey   = ids.PublicKey
+)
 
 // AgreementKey is a namespace identity's X25519 public key, used for
 // KeyDelivery.
@@ -30,50 +25,14 @@ type AgreementKey [32]byte
 // commits an encrypted op to exactly one key.
 type KeyID [32]byte
 
-func (n NamespaceID) String() string  { return hex.EncodeToString(n[:]) }
-func (g GroupID) String() string      { return hex.EncodeToString(g[:]) }
-func (o OpID) String() string         { return hex.EncodeToString(o[:]) }
-func (p PublicKey) String() string    { return hex.EncodeToString(p[:]) }
 func (a AgreementKey) String() string { return hex.EncodeToString(a[:]) }
 func (k KeyID) String() string        { return hex.EncodeToString(k[:]) }
 
-func (n NamespaceID) MarshalText() ([]byte, error) { return []byte(n.String()), nil }
-func (g GroupID) MarshalText() ([]byte, error)     { return []byte(g.String()), nil }
-func (o OpID) MarshalText() ([]byte, error)        { return []byte(o.String()), nil }
-func (p PublicKey) MarshalText() ([]byte, error)   { return []byte(p.String()), nil }
-
-func (n *NamespaceID) UnmarshalText(b []byte) error {
-	return parseHex32(n[:], string(b), "namespace id")
-}
-func (g *GroupID) UnmarshalText(b []byte) error   { return parseHex32(g[:], string(b), "group id") }
-func (o *OpID) UnmarshalText(b []byte) error      { return parseHex32(o[:], string(b), "op id") }
-func (p *PublicKey) UnmarshalText(b []byte) error { return parseHex32(p[:], string(b), "public key") }
-
-// ParseNamespaceID parses 64 hex digits.
-func ParseNamespaceID(s string) (NamespaceID, error) {
-	var n NamespaceID
-	return n, n.UnmarshalText([]byte(s))
-}
-
-// ParseGroupID parses 64 hex digits.
-func ParseGroupID(s string) (GroupID, error) {
-	var g GroupID
-	return g, g.UnmarshalText([]byte(s))
-}
-
-func parseHex32(dst []byte, s, what string) error {
-	s = strings.TrimPrefix(strings.ToLower(strings.TrimSpace(s)), "0x")
-	if len(s) != 64 {
-		return fmt.Errorf("%s: want 64 hex digits, got %d characters", what, len(s))
-	}
-	if _, err := hex.Decode(dst, []byte(s)); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
-}
-
-// Root returns the root group of the namespace.
-func (n NamespaceID) Root() GroupID { return GroupID(n) }
+// ParseNamespaceID and ParseGroupID parse 64 hex digits.
+var (
+	ParseNamespaceID = ids.ParseNamespaceID
+	ParseGroupID     = ids.ParseGroupID
+)
 
 // MemberKeys are the public halves of a namespace identity: what an admin
 // needs to add a member (signing key to name it, agreement key to deliver
@@ -151,10 +110,12 @@ func (r Role) valid() bool { return r >= RoleAdmin && r <= RoleReadOnlyTee }
 // never may.
 func (r Role) CanWrite() bool { return r == RoleAdmin || r == RoleMember }
 
-// Capabilities is the per-member u32 bitmask (DESIGN.md, Node).
+// Capabilities is the per-member u32 bitmask; its bits are part of the wire
+// format (signed ops carry it), so they never change.
 type Capabilities uint32
 
-// Capability bits, exactly as DESIGN.md lists them.
+// Capability bits, with the names and values of the reference system that
+// operators know (CAN_CREATE_CONTEXT 1<<0 ... CAN_MANAGE_METADATA 1<<8).
 const (
 	CanCreateContext     Capabilities = 1 << 0
 	CanInviteMembers     Capabilities = 1 << 1
@@ -188,7 +149,7 @@ var capNames = []struct {
 // Has reports whether every bit of want is set.
 func (c Capabilities) Has(want Capabilities) bool { return c&want == want }
 
-// Names lists the set bits by their DESIGN.md names.
+// Names lists the set bits by their names above.
 func (c Capabilities) Names() []string {
 	out := []string{}
 	for _, n := range capNames {
@@ -251,9 +212,12 @@ var (
 	// ErrParentRefused: a parent was refused, so this op can never apply.
 	ErrParentRefused = errors.New("governance: parent op was refused")
 	ErrPendingFull   = errors.New("governance: pending queue full")
-	ErrNoKey         = errors.New("governance: group key not held")
-	ErrNoIdentity    = errors.New("governance: no namespace identity")
-	ErrClosed        = errors.New("governance: engine closed")
+	// ErrPendingQuota: the op's signer or sender has its share of the
+	// pending queue.
+	ErrPendingQuota = errors.New("governance: pending-queue quota of the signer or sender reached")
+	ErrNoKey        = errors.New("governance: group key not held")
+	ErrNoIdentity   = errors.New("governance: no namespace identity")
+	ErrClosed       = errors.New("governance: engine closed")
 )
 
 // Reason is a refusal reason, the label of the refused-ops counter.
@@ -272,7 +236,17 @@ const (
 	ReasonInvalid      Reason = "invalid"
 	ReasonParent       Reason = "parent_refused"
 	ReasonPendingFull  Reason = "pending_full"
+	ReasonPendingQuota Reason = "pending_quota"
+	// ReasonPendingExpired counts ops dropped from the pending queue after
+	// waiting longer than the age limit.
+	ReasonPendingExpired Reason = "pending_expired"
 )
+
+// Local reports whether a refusal is about this node's state rather than the
+// op: another node may accept the op, so its forwarder is not at fault.
+func (r Reason) Local() bool {
+	return r == ReasonPendingFull || r == ReasonPendingQuota || r == ReasonPendingExpired
+}
 
 // RefusedError says why an op was refused. errors.Is matches its Err.
 type RefusedError struct {

@@ -3,6 +3,8 @@ package p2p
 import (
 	"context"
 	"errors"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // Engine is what the p2p layer needs from namespace governance. The daemon
@@ -42,10 +44,28 @@ type ApplyResult struct {
 	Duplicate int // already known
 	Pending   int // waiting for parents
 	Refused   int // failed decoding, signature, nonce or authorization
+	// LocalRefused counts the refusals due to this node's state (a full
+	// pending queue, a quota), not to the op: another node may accept it,
+	// so they never count against whoever forwarded it.
+	LocalRefused int
 	// FirstRefusal is the reason the first refused op was refused.
 	FirstRefusal error
 	// Missing lists parents the pending ops are waiting for.
 	Missing []OpID
+}
+
+type originKey struct{}
+
+// WithOrigin tells Engine.Apply which peer sent the ops (for the pending
+// queue's per-peer quota).
+func WithOrigin(ctx context.Context, p peer.ID) context.Context {
+	return context.WithValue(ctx, originKey{}, p)
+}
+
+// OriginFrom returns the peer WithOrigin named.
+func OriginFrom(ctx context.Context) (peer.ID, bool) {
+	p, ok := ctx.Value(originKey{}).(peer.ID)
+	return p, ok
 }
 
 // ErrUnknownNamespace is returned by an Engine for a namespace it does not

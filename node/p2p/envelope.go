@@ -6,19 +6,15 @@ import (
 	"fmt"
 
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/fleetbox/fleetbox/node/ids"
 )
 
-// NamespaceID names a namespace (the id of its root group).
-type NamespaceID [32]byte
-
-// OpID is the SHA-256 of a SignedNamespaceOp's signed bytes.
-type OpID [32]byte
-
-// String returns the id in lowercase hex.
-func (n NamespaceID) String() string { return fmt.Sprintf("%x", n[:]) }
-
-// String returns the id in lowercase hex.
-func (o OpID) String() string { return fmt.Sprintf("%x", o[:]) }
+// The identifiers p2p shares with governance and the node (node/ids).
+type (
+	NamespaceID = ids.NamespaceID
+	OpID        = ids.OpID
+)
 
 // Topic returns the gossipsub topic of a namespace: "ns/<hex namespace id>".
 func Topic(ns NamespaceID) string { return "ns/" + ns.String() }
@@ -103,7 +99,9 @@ func mustEncMode() cbor.EncMode {
 	return m
 }
 
-// mustDecMode is strict as notes/go-deps.md asks: the defaults are permissive.
+// mustDecMode is strict where fxamacker/cbor's defaults are permissive:
+// duplicate map keys, indefinite lengths and tags are refused, and nesting,
+// arrays and maps are bounded.
 func mustDecMode() cbor.DecMode {
 	m, err := cbor.DecOptions{
 		DupMapKey:         cbor.DupMapKeyEnforcedAPF,

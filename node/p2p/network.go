@@ -335,8 +335,16 @@ func (n *Network) Join(ns NamespaceID) error {
 	peers := n.h.Network().Peers()
 	n.mu.Unlock()
 	n.metrics.namespaces.Inc()
-	for _, p := range peers {
-		n.requestSync(ns, p)
+	if len(peers) > 0 {
+		// The whole DAG from one peer first, then from the others only what
+		// it lacked: syncing from every peer at once fetched and verified
+		// the namespace once per peer, which is most of a fleet join's CPU.
+		n.goRun(func(ctx context.Context) {
+			n.runSync(ctx, ns, peers[0])
+			for _, p := range peers[1:] {
+				n.requestSync(ns, p)
+			}
+		})
 	}
 	return nil
 }
@@ -380,8 +388,24 @@ func (n *Network) PublishOp(ctx context.Context, ns NamespaceID, wire []byte) er
 
 // PublishAnnounce gossips a TeeAttestationAnnounce.
 func (n *Network) PublishAnnounce(ctx context.Context, ns NamespaceID, announce []byte) error {
+	// A replica announces right after it joined the topic, often right
+	// after it connected: its pubsub may not know yet who else is in the
+	// topic (their subscriptions arrive on streams opened after the
+	// connect), and an announce published then reaches nobody, which cost
+	// a whole re-announce backoff (500 ms) in one join of a hundred. Wait,
+	// briefly and bounded, until some peer is known in the topic.
+	if t, err := n.topicOf(ns); err == nil {
+		deadline := time.Now().Add(announcePeerWait)
+		for len(t.ListPeers()) == 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	return n.publish(ctx, ns, NewAnnounce(ns, announce))
 }
+
+// announcePeerWait bounds how long an announce waits for a peer in its
+// topic; the announcer re-announces anyway.
+const announcePeerWait = 2 * time.Second
 
 func (n *Network) publish(ctx context.Context, ns NamespaceID, e *Envelope) error {
 	t, err := n.topicOf(ns)
@@ -535,6 +559,14 @@ func (n *Network) Peers() []PeerInfo {
 	return out
 }
 
+// RequestSync schedules a sync of ns from every peer in its topic (one at a
+// time per peer, as every sync is).
+func (n *Network) RequestSync(ns NamespaceID) {
+	for _, p := range n.TopicPeers(ns) {
+		n.requestSync(ns, p)
+	}
+}
+
 // TopicPeers lists the peers subscribed to a namespace's topic.
 func (n *Network) TopicPeers(ns NamespaceID) []peer.ID {
 	n.mu.Lock()
@@ -547,8 +579,7 @@ func (n *Network) TopicPeers(ns NamespaceID) []peer.ID {
 
 // validatorData is what the validator hands the reader of a message.
 type validatorData struct {
-	env     *Envelope
-	missing bool // the op waits for parents
+	env *Envelope
 }
 
 func (n *Network) validator(ns NamespaceID) pubsub.ValidatorEx {
@@ -603,15 +634,31 @@ func (n *Network) validate(ctx context.Context, ns NamespaceID, m *pubsub.Messag
 	if applied, pending, err := n.cfg.Engine.Known(ns, id); err == nil && (applied || pending) {
 		return pubsub.ValidationIgnore, kind
 	}
-	res, err := n.cfg.Engine.Apply(ctx, ns, [][]byte{e.Op})
+	res, err := n.cfg.Engine.Apply(WithOrigin(ctx, m.ReceivedFrom), ns, [][]byte{e.Op})
 	if err != nil {
 		n.log.Warn("applying gossiped op", "namespace", ns, "op", id, "err", err)
 		return pubsub.ValidationIgnore, kind
 	}
-	if res.Refused > 0 {
+	if res.Refused > res.LocalRefused {
 		n.countRefused("gossip", res.Refused)
 		n.log.Info("refused gossiped op", "namespace", ns, "op", id, "from", m.ReceivedFrom, "reason", res.FirstRefusal)
 		return pubsub.ValidationReject, kind
+	}
+	if res.Refused > 0 {
+		// This node's queue state (full, a quota), not the op's fault:
+		// dropped without penalizing the forwarder, which may well be an
+		// honest peer passing on what it accepted.
+		n.countRefused("gossip", res.Refused)
+		n.log.Debug("gossiped op not taken here", "namespace", ns, "op", id, "from", m.ReceivedFrom, "reason", res.FirstRefusal)
+		return pubsub.ValidationIgnore, kind
+	}
+	if res.Pending > 0 {
+		// Its parents are missing: not forwarded until it is valid (an
+		// outsider can sign ops naming parents that do not exist), and a
+		// sync from the sender fetches this op's own parents.
+		n.log.Debug("gossiped op waits for parents; syncing from its sender", "namespace", ns, "op", id, "from", m.ReceivedFrom)
+		n.requestSync(ns, m.ReceivedFrom)
+		return pubsub.ValidationIgnore, kind
 	}
 	if res.Applied > 0 {
 		n.metrics.opsGossiped.Add(float64(res.Applied))
@@ -619,7 +666,7 @@ func (n *Network) validate(ctx context.Context, ns NamespaceID, m *pubsub.Messag
 			n.cfg.OnApplied(ns, res.Applied)
 		}
 	}
-	m.ValidatorData = &validatorData{env: e, missing: res.Pending > 0 || len(res.Missing) > 0}
+	m.ValidatorData = &validatorData{env: e}
 	return pubsub.ValidationAccept, kind
 }
 
@@ -635,13 +682,6 @@ func (n *Network) readLoop(ctx context.Context, ns NamespaceID, sub *pubsub.Subs
 			continue
 		}
 		switch vd.env.Kind {
-		case KindOp:
-			if vd.missing {
-				n.requestSync(ns, m.ReceivedFrom)
-				if a := m.GetFrom(); a != m.ReceivedFrom && a != self {
-					n.requestSync(ns, a)
-				}
-			}
 		case KindHeartbeat:
 			// A head that is not applied here (unknown, or pending for
 			// want of parents) means the peer has ops this node lacks:

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
+
+	"github.com/fleetbox/fleetbox/internal/poll"
 )
 
 func TestMain(m *testing.M) {
@@ -100,13 +102,7 @@ func connect(t testing.TB, a, b *testNode) {
 
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second) // a guard against hangs, generous for -race on a loaded machine
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, what, cond)
 }
 
 var testNS = NamespaceID{1, 2, 3}
@@ -370,7 +366,8 @@ func TestPendingParentsTriggerSync(t *testing.T) {
 	eventually(t, "topic peers", func() bool { return len(a.net.TopicPeers(testNS)) == 1 && len(b.net.TopicPeers(testNS)) == 1 })
 	a.eng.author(admin, "never gossiped")
 	child := a.eng.author(admin, "gossiped")
-	// Gossip right after peers meet can be lost (notes/go-deps.md), so the
+	// Gossip published the instant two peers meet can be lost (gossipsub
+	// does not retransmit), so the
 	// child is published until it lands; b then has it pending and fetches
 	// the parent it never saw gossiped.
 	eventually(t, "parent fetched", func() bool {

@@ -298,7 +298,7 @@ func (n *Network) SyncFrom(ctx context.Context, ns NamespaceID, p peer.ID) (Sync
 			return st, nil
 		}
 		st.Received += len(f.Ops)
-		res, err := n.cfg.Engine.Apply(ctx, ns, f.Ops)
+		res, err := n.cfg.Engine.Apply(WithOrigin(ctx, p), ns, f.Ops)
 		st.add(res)
 		n.metrics.opsSynced.Add(float64(res.Applied))
 		n.countRefused("sync", res.Refused)

@@ -75,7 +75,8 @@ func Wipe(b []byte) {
 	}
 }
 
-// Column names a bucket. The set is fixed (DESIGN.md, Node).
+// Column names a bucket. The set is fixed: the reference system's columns,
+// listed in Columns below.
 type Column string
 
 // The columns. Packages own key prefixes inside a column; see the package that
