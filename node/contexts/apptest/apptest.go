@@ -3,10 +3,14 @@
 package apptest
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"sync"
 	"testing"
 )
@@ -52,18 +56,32 @@ func BuildErr(pkg string) ([]byte, error) {
 		return b, nil
 	}
 	if dir == "" {
-		d, err := os.MkdirTemp("", "fleetbox-apps-")
-		if err != nil {
+		// One directory per user, shared by test processes (fuzz workers
+		// start many): a build is named by the hash of its sources.
+		d := filepath.Join(os.TempDir(), fmt.Sprintf("fleetbox-apps-%d", os.Getuid()))
+		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
 		}
 		dir = d
 	}
-	out := filepath.Join(dir, filepath.Base(pkg)+".wasm")
-	cmd := exec.Command("go", "build", "-trimpath", "-buildmode=c-shared", "-o", out, "./"+pkg)
+	sum, err := sourceHash(pkg)
+	if err != nil {
+		return nil, err
+	}
+	out := filepath.Join(dir, filepath.Base(pkg)+"-"+sum+".wasm")
+	if b, err := os.ReadFile(out); err == nil {
+		built[pkg] = b
+		return b, nil
+	}
+	tmp := out + fmt.Sprintf(".%d.tmp", os.Getpid())
+	cmd := exec.Command("go", "build", "-trimpath", "-buildmode=c-shared", "-o", tmp, "./"+pkg)
 	cmd.Dir = Root()
 	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return nil, &BuildError{Pkg: pkg, Output: string(msg), Err: err}
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		return nil, err
 	}
 	b, err := os.ReadFile(out)
 	if err != nil {
@@ -71,6 +89,35 @@ func BuildErr(pkg string) ([]byte, error) {
 	}
 	built[pkg] = b
 	return b, nil
+}
+
+// CacheDir is a wazero compilation cache directory shared by the test
+// processes of this user (entries are named by the module's hash).
+func CacheDir() string {
+	return filepath.Join(os.TempDir(), fmt.Sprintf("fleetbox-wazero-cache-%d", os.Getuid()))
+}
+
+// sourceHash hashes the Go toolchain version, the package's files and the
+// SDK's, which is all an application build depends on here.
+func sourceHash(pkg string) (string, error) {
+	h := sha256.New()
+	h.Write([]byte(runtime.Version()))
+	for _, d := range []string{pkg, "node/contexts/sdk"} {
+		files, err := filepath.Glob(filepath.Join(Root(), d, "*.go"))
+		if err != nil {
+			return "", err
+		}
+		sort.Strings(files)
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return "", err
+			}
+			fmt.Fprintf(h, "%s %d\n", filepath.Base(f), len(b))
+			h.Write(b)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:12]), nil
 }
 
 // BuildError is a failed application build.

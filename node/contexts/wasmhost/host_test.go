@@ -209,7 +209,7 @@ func TestConcurrentCalls(t *testing.T) {
 // and keys through the hostile application's "abi" method. Any outcome is
 // fine except a panic escaping the host or an unnamed error.
 func FuzzHostABI(f *testing.F) {
-	h := wasmhost.New(wasmhost.Config{Limits: wasmhost.Limits{CallTimeout: time.Second}})
+	h := wasmhost.New(wasmhost.Config{CacheDir: apptest.CacheDir(), Limits: wasmhost.Limits{CallTimeout: time.Second}})
 	defer h.Close(context.Background())
 	info, err := h.Load(context.Background(), apptest.Build(f, apptest.Hostile))
 	if err != nil {
