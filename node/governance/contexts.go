@@ -563,3 +563,19 @@ func (e *Engine) Call(ctx context.Context, ns NamespaceID, call *ContextCall, pe
 	})
 	return wires, key, err
 }
+
+// ContextEntries returns every effective op of context c, in the total
+// order: its whole history (node/contexts rebuilds from it when a change
+// reaches further back than it can undo).
+func (e *Engine) ContextEntries(ns NamespaceID, c ContextID) ([]ContextEntry, error) {
+	var out []ContextEntry
+	err := e.readTip(ns, func(sp *space, _ *state) error {
+		for _, n := range sp.d.order {
+			if ce, ok := contextEntry(n); ok && ce.Context == c {
+				out = append(out, ce)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
