@@ -140,9 +140,10 @@ func (n *Node) newFleet(st *store.Store) *fleetState {
 	}
 	n.reg.MustRegister(f.m.refused, f.m.admitted)
 	rows := &purgeRows{eng: func() *governance.Engine { return n.eng }, keys: map[selfpurge.Target][]governance.KeyID{}}
+	cp := newContextPurge(n, rows)
 	f.purger = selfpurge.New(selfpurge.Config{
 		Store: st,
-		Rows:  rows,
+		Rows:  cp,
 		Unsubscribe: func(ns [32]byte) {
 			if n.net != nil {
 				if err := n.net.Leave(p2p.NamespaceID(ns)); err != nil {
@@ -151,6 +152,7 @@ func (n *Node) newFleet(st *store.Store) *fleetState {
 			}
 		},
 		BeforeDelete: func(t selfpurge.Target) {
+			cp.before(t)
 			if t.Whole() {
 				// Retire first: an in-flight sync batch must not write the
 				// namespace back after its rows are deleted.
@@ -170,6 +172,7 @@ func (n *Node) newFleet(st *store.Store) *fleetState {
 			rows.mu.Unlock()
 		},
 		AfterDelete: func(t selfpurge.Target) {
+			cp.after(t)
 			if t.Whole() {
 				f.mu.Lock()
 				delete(f.groups, governance.NamespaceID(t.Namespace))

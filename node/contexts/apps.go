@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/fleetbox/fleetbox/node/contexts/wasmhost"
+	"github.com/fleetbox/fleetbox/node/governance"
 	"github.com/fleetbox/fleetbox/node/store"
 )
 
@@ -157,12 +160,12 @@ func (e *Engine) prefetch(ctx context.Context, nss []NamespaceID) {
 // AppsOnlyUsedBy lists the applications contexts of ns use or used that no
 // context of another namespace on this node uses (what a self-purge of ns
 // deletes). Call it before governance forgets ns.
-func (e *Engine) AppsOnlyUsedBy(ns NamespaceID) ([]ApplicationID, error) {
-	mine, err := e.gov.ApplicationsUsed(ns)
+func AppsOnlyUsedBy(gov *governance.Engine, ns NamespaceID) ([]ApplicationID, error) {
+	mine, err := gov.ApplicationsUsed(ns)
 	if err != nil {
 		return nil, err
 	}
-	nss, err := e.gov.Namespaces()
+	nss, err := gov.Namespaces()
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +173,7 @@ func (e *Engine) AppsOnlyUsedBy(ns NamespaceID) ([]ApplicationID, error) {
 		if other == ns {
 			continue
 		}
-		theirs, err := e.gov.ApplicationsUsed(other)
+		theirs, err := gov.ApplicationsUsed(other)
 		if err != nil {
 			continue
 		}
@@ -180,8 +183,8 @@ func (e *Engine) AppsOnlyUsedBy(ns NamespaceID) ([]ApplicationID, error) {
 }
 
 // ContextsOfGroup lists the contexts of ns in group g (a subgroup purge).
-func (e *Engine) ContextsOfGroup(ns NamespaceID, g GroupID) []ContextID {
-	infos, err := e.gov.Contexts(ns)
+func ContextsOfGroup(gov *governance.Engine, ns NamespaceID, g GroupID) []ContextID {
+	infos, err := gov.Contexts(ns)
 	if err != nil {
 		return nil
 	}
@@ -192,6 +195,18 @@ func (e *Engine) ContextsOfGroup(ns NamespaceID, g GroupID) []ContextID {
 		}
 	}
 	return out
+}
+
+// RemoveCompiled deletes the compiled-code cache of applications (a
+// self-purge when no engine runs).
+func RemoveCompiled(cacheDir string, ids []ApplicationID) error {
+	var errs []error
+	for _, id := range ids {
+		if cacheDir != "" {
+			errs = append(errs, os.RemoveAll(filepath.Join(cacheDir, id.String())))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // DeleteAppRows deletes stored applications inside tx.

@@ -131,3 +131,35 @@ func TestContextChangesReorder(t *testing.T) {
 		t.Fatalf("changes: %d from %v and %d from %v", len(ea), fa, len(eb), fb)
 	}
 }
+
+// TestContextCallForgedByReplica: a ReadOnlyTee replica holds the group key
+// but its signed, sealed ContextCall is refused by every peer, and it is
+// refused locally before signing.
+func TestContextCallForgedByReplica(t *testing.T) {
+	a, b, r, ns, rKeys := teeNamespace(t)
+	mustT[[][]byte](t)(b.e.AdmitTeeMember(bg, ns, admission(rKeys, 1)))
+	c, _, err := a.e.CreateContext(bg, ns, ns.Root(), ApplicationID{1}, nil, nil, nil)
+	ok(t, err)
+	a.syncFrom(t, b, ns)
+	b.syncFrom(t, a, ns)
+	r.syncFrom(t, a, ns)
+	if acc, err := r.e.Context(ns, c, false); err != nil || acc.Role != RoleReadOnlyTee {
+		t.Fatalf("replica's standing: %+v %v", acc, err)
+	}
+	if _, _, err := r.e.Call(bg, ns, &ContextCall{Context: c, Method: "set"}, nil); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("replica's local call: %v", err)
+	}
+	forged := forgeGroupOp(t, r, ns, ns.Root(), &GroupOp{ContextCall: &ContextCall{Context: c, Method: "set",
+		Writes: []ContextWrite{{Key: []byte("k"), Value: []byte("forged")}}}})
+	for name, n := range map[string]*testNode{"a": a, "b": b} {
+		before := digest(t, n.e, ns)
+		res := n.apply(t, ns, forged)
+		var re *RefusedError
+		if res.Refused != 1 || !errors.As(res.FirstRefusal, &re) || re.Reason != ReasonReadOnly {
+			t.Fatalf("%s accepted a call forged by the replica: %+v", name, res)
+		}
+		if digest(t, n.e, ns) != before {
+			t.Fatalf("%s: the refused op changed the state", name)
+		}
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/multiformats/go-multiaddr"
@@ -59,6 +60,8 @@ type Config struct {
 	OnAnnounce func(ctx context.Context, ns NamespaceID, from peer.ID, announce []byte) pubsub.ValidationResult
 	// OnApplied, if set, is called after ops from the network were applied.
 	OnApplied func(ns NamespaceID, applied int)
+	// StreamHandlers are more stream protocols to serve (streams.go).
+	StreamHandlers map[protocol.ID]network.StreamHandler
 	Logger    *slog.Logger
 	// Registerer receives the network's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
@@ -242,6 +245,9 @@ func (n *Network) Run(ctx context.Context) error {
 		return fmt.Errorf("p2p: starting gossipsub: %w", err)
 	}
 	h.SetStreamHandler(SyncProtocol, n.serveSync)
+	for proto, handler := range n.cfg.StreamHandlers {
+		h.SetStreamHandler(proto, handler)
+	}
 	n.mu.Lock()
 	n.h, n.ps, n.runCtx, n.wg = h, ps, runCtx, &wg
 	n.mu.Unlock()
