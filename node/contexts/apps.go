@@ -113,7 +113,17 @@ func (e *Engine) fetchApp(ctx context.Context, ns NamespaceID, app ApplicationID
 	if b, err := e.ApplicationBytes(app); err == nil {
 		return b, nil // another fetch got it meanwhile
 	}
+	// A peer that fetches the application itself right now may not have it
+	// yet: retry a few times before giving up.
 	wasm, err := e.fetch.FetchApplication(ctx, ns, app)
+	for wait := 250 * time.Millisecond; err != nil && wait <= time.Second; wait *= 2 {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %s: %w", ErrAppUnavailable, app.String()[:12], err)
+		case <-time.After(wait):
+		}
+		wasm, err = e.fetch.FetchApplication(ctx, ns, app)
+	}
 	if err == nil && wasmhost.ID(wasm) != wasmhost.ApplicationID(app) {
 		err = fmt.Errorf("a peer sent bytes that do not hash to application %s", app)
 	}

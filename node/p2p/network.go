@@ -62,6 +62,7 @@ type Config struct {
 	OnApplied func(ns NamespaceID, applied int)
 	// StreamHandlers are more stream protocols to serve (streams.go).
 	StreamHandlers map[protocol.ID]network.StreamHandler
+
 	Logger    *slog.Logger
 	// Registerer receives the network's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
