@@ -60,12 +60,12 @@ type Config struct {
 	OnAnnounce func(ctx context.Context, ns NamespaceID, from peer.ID, announce []byte) pubsub.ValidationResult
 	// OnApplied, if set, is called after ops from the network were applied.
 	OnApplied func(ns NamespaceID, applied int)
-	// StreamHandlers are more stream protocols to serve (streams.go).
-	StreamHandlers map[protocol.ID]network.StreamHandler
-
 	Logger    *slog.Logger
 	// Registerer receives the network's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+
+	// StreamHandlers are more stream protocols to serve (streams.go).
+	StreamHandlers map[protocol.ID]network.StreamHandler
 }
 
 // Network is a running libp2p host with gossipsub and the sync protocol.
