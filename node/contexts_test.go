@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -150,6 +152,26 @@ func TestContextsAcrossNodes(t *testing.T) {
 		connect(t, nodes[i+1], nodes[i])
 	}
 	view = waitContextConverged(t, "partitioned members converge after healing", nsHex, c, append(nodes, r)...)
+
+	// Evicted, the replica purges the context state, the application only
+	// that namespace used, and its compiled code.
+	cacheDir := filepath.Join(r.home, WasmCacheDir, app.ID.String())
+	if _, err := os.Stat(cacheDir); err != nil {
+		t.Fatalf("replica's compiled code: %v", err)
+	}
+	if _, err := a.client.RemoveMember(ctx, nsHex, "", r.mustKey(t, ns)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "replica self-purged", func() bool { return counter(t, r.reg, "self_purge_completed_total", "") > 0 })
+	if apps, err := r.client.Apps(ctx); err != nil || len(apps) != 0 {
+		t.Fatalf("replica kept applications: %v %v", apps, err)
+	}
+	if _, err := os.Stat(cacheDir); !os.IsNotExist(err) {
+		t.Fatalf("replica kept compiled code: %v", err)
+	}
+	if n := rowsLeft(t, r, ns); n != 0 {
+		t.Fatalf("%d traces of the namespace left in the replica's store file", n)
+	}
 
 	// A restart keeps the state, and the first call needs no recompilation.
 	b := nodes[1]
