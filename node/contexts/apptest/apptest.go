@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -34,6 +35,11 @@ const (
 	Hostile   = "node/contexts/wasmhost/testdata/hostile"
 	BadImport = "node/contexts/wasmhost/testdata/badimport"
 )
+
+// BuildFlags make an application build reproducible: the same sources and
+// toolchain give the same bytes (cmd/fleetbox embeds the demo's kv.wasm
+// built with them, and a test rebuilds it to compare).
+var BuildFlags = []string{"-trimpath", "-buildvcs=false", "-ldflags=-buildid=", "-buildmode=c-shared"}
 
 // Build compiles the package at pkg (relative to the module root) with
 // GOOS=wasip1 GOARCH=wasm -buildmode=c-shared and returns the module bytes.
@@ -74,7 +80,7 @@ func BuildErr(pkg string) ([]byte, error) {
 		return b, nil
 	}
 	tmp := out + fmt.Sprintf(".%d.tmp", os.Getpid())
-	cmd := exec.Command("go", "build", "-trimpath", "-buildmode=c-shared", "-o", tmp, "./"+pkg)
+	cmd := exec.Command("go", append([]string{"build"}, append(BuildFlags, "-o", tmp, "./"+pkg)...)...)
 	cmd.Dir = Root()
 	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
 	if msg, err := cmd.CombinedOutput(); err != nil {
@@ -101,7 +107,7 @@ func CacheDir() string {
 // SDK's, which is all an application build depends on here.
 func sourceHash(pkg string) (string, error) {
 	h := sha256.New()
-	h.Write([]byte(runtime.Version()))
+	h.Write([]byte(runtime.Version() + strings.Join(BuildFlags, " ")))
 	for _, d := range []string{pkg, "node/contexts/sdk"} {
 		files, err := filepath.Glob(filepath.Join(Root(), d, "*.go"))
 		if err != nil {
