@@ -104,8 +104,9 @@ func (e *Engine) Create(ctx context.Context, ns NamespaceID, g GroupID, app Appl
 	}
 	writes := toGov(r.Writes)
 	var c *ctxState
+	var op OpKey
 	cid, wires, err := e.gov.CreateContext(ctx, ns, g, app, init, writes, func(tx *store.Tx, id ContextID, key OpKey) error {
-		c = newCtxState(id)
+		c, op = newCtxState(id), key
 		c.apply(&governance.ContextEntry{Key: key, Context: id, Created: &governance.ContextCreated{Context: id, Application: app, Init: init, Writes: writes}})
 		return persist(tx, ns, c)
 	})
@@ -114,24 +115,13 @@ func (e *Engine) Create(ctx context.Context, ns NamespaceID, g GroupID, app Appl
 	}
 	s.contexts[cid] = c
 	res = result(cid, r)
-	res.Op, res.Wires = opHex(wires), wires
+	res.Op, res.Wires = op.ID.String(), wires
 	return res, nil
 }
 
 type emptyState struct{}
 
 func (emptyState) Get(string) ([]byte, bool) { return nil, false }
-
-func opHex(wires [][]byte) string {
-	if len(wires) == 0 {
-		return ""
-	}
-	id, err := governance.Inspect(wires[0])
-	if err != nil {
-		return ""
-	}
-	return hex.EncodeToString(id.ID[:])
-}
 
 // Call runs a mutating call as this node's namespace identity and records
 // it: the writes become a ContextCall op, stored with the new state in one
@@ -166,7 +156,7 @@ func (e *Engine) Call(ctx context.Context, ns NamespaceID, cid ContextID, method
 	}
 	call := &governance.ContextCall{Context: cid, Method: method, Input: input, Writes: toGov(r.Writes)}
 	appliedHere := false
-	wires, _, err := e.gov.Call(ctx, ns, call, func(tx *store.Tx, key OpKey) error {
+	wires, op, err := e.gov.Call(ctx, ns, call, func(tx *store.Tx, key OpKey) error {
 		c.apply(&governance.ContextEntry{Key: key, Context: cid, Call: call})
 		appliedHere = true
 		return persist(tx, ns, c)
@@ -180,7 +170,7 @@ func (e *Engine) Call(ctx context.Context, ns NamespaceID, cid ContextID, method
 	e.m.applied.Inc()
 	c.trim(e.window, e.budget)
 	res = result(cid, r)
-	res.Op, res.Wires = opHex(wires), wires
+	res.Op, res.Wires = op.ID.String(), wires
 	return res, nil
 }
 

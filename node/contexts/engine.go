@@ -224,6 +224,13 @@ func (e *Engine) syncLocked(ns NamespaceID, s *nsState) error {
 			return err
 		}
 	}
+	dirty := false
+	for _, id := range ids {
+		dirty = dirty || touched[id].meta || len(touched[id].dirty) > 0
+	}
+	if !dirty {
+		return nil // only ops applied already (this node's own calls)
+	}
 	err = e.st.Update(func(tx *store.Tx) error {
 		for _, id := range ids {
 			if err := persist(tx, ns, touched[id]); err != nil {

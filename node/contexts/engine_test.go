@@ -23,6 +23,7 @@ var bg = context.Background()
 // member is one node's governance and contexts, in process, without a
 // network: tests carry ops between members by hand, in any order.
 type member struct {
+	sync bool // fdatasync on every commit, as a real node
 	path string
 	st   *store.Store
 	gov  *governance.Engine
@@ -39,7 +40,7 @@ func newMember(t testing.TB, undo int) *member {
 
 func (m *member) open(t testing.TB) {
 	t.Helper()
-	st, err := store.Open(m.path, &store.Key{1}, store.Options{Timeout: time.Second, NoSync: true})
+	st, err := store.Open(m.path, &store.Key{1}, store.Options{Timeout: time.Second, NoSync: !m.sync})
 	if err != nil {
 		t.Fatal(err)
 	}
