@@ -57,7 +57,10 @@ func BenchmarkReplicaLag(b *testing.B) {
 	if _, err := r.client.FleetJoin(ctx, ns.String()); err != nil {
 		b.Fatal(err)
 	}
-	waitFor(b, "replica admitted", func() bool { st, _ := r.client.FleetStatus(ctx, ns.String()); return st != nil && st.Admitted && st.HasGroupKey })
+	waitFor(b, "replica admitted", func() bool {
+		st, _ := r.client.FleetStatus(ctx, ns.String())
+		return st != nil && st.Admitted && st.HasGroupKey
+	})
 	waitFor(b, "replica has the context", func() bool { return appliedOps(r, ns, c) == appliedOps(a, ns, c) })
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,4 +100,24 @@ func BenchmarkFirstCallAfterRestart(b *testing.B) {
 	}
 	b.ReportMetric(float64(first.Microseconds())/1000/float64(b.N), "ms/first-call")
 	b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms/restart+first-call")
+}
+
+// BenchmarkCallConcurrent: as BenchmarkCall with 8 concurrent callers,
+// whose calls are group-committed (one fdatasync per batch).
+func BenchmarkCallConcurrent(b *testing.B) {
+	m, ns, c := benchMember(b)
+	var n atomic.Int64
+	b.SetParallelism(4) // 4 x GOMAXPROCS callers
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			if _, err := m.ctx.Call(bg, ns, c, "set", fmt.Appendf(nil, `{"key":"k%d","value":"v%d"}`, i, i)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "calls/s")
 }

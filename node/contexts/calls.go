@@ -127,6 +127,10 @@ func (emptyState) Get(string) ([]byte, bool) { return nil, false }
 // it: the writes become a ContextCall op, stored with the new state in one
 // transaction. A failed call records nothing and changes nothing.
 // ReadOnly and ReadOnlyTee members are refused here, before anything runs.
+//
+// Concurrent calls in a namespace are group-committed: one caller leads,
+// executes the queued calls in order (each sees the writes of those before
+// it) and records them as a chain of ops in one store transaction.
 func (e *Engine) Call(ctx context.Context, ns NamespaceID, cid ContextID, method string, input []byte) (res *CallResult, err error) {
 	start := time.Now()
 	defer func() { e.observe("call", start, err) }()
@@ -137,41 +141,146 @@ func (e *Engine) Call(ctx context.Context, ns NamespaceID, cid ContextID, method
 	if !governance.ValidMethod(method) {
 		return nil, fmt.Errorf("%w: %q is not a method name", wasmhost.ErrNoMethod, method)
 	}
+	req := &callReq{ctx: ctx, cid: cid, req: wasmhost.Request{Context: cid, Caller: acc.Me, Method: method, Input: input},
+		done: make(chan callOut, 1)}
 	s := e.space(ns, true)
+	s.qmu.Lock()
+	s.queue = append(s.queue, req)
+	lead := !s.leading
+	s.leading = true
+	s.qmu.Unlock()
+	if lead {
+		e.lead(ns, s)
+	}
+	out := <-req.done
+	return out.res, out.err
+}
+
+// callReq is a queued call; callOut its outcome.
+type callReq struct {
+	ctx  context.Context
+	cid  ContextID
+	req  wasmhost.Request
+	done chan callOut
+}
+
+type callOut struct {
+	res *CallResult
+	err error
+}
+
+// lead runs one batch of queued calls, then hands the lead to a new
+// goroutine if more calls queued meanwhile (so no caller waits on others'
+// calls for long).
+func (e *Engine) lead(ns NamespaceID, s *nsState) {
+	s.qmu.Lock()
+	batch := s.queue
+	s.queue = nil
+	s.qmu.Unlock()
+	e.runBatch(ns, s, batch)
+	s.qmu.Lock()
+	more := len(s.queue) > 0
+	if !more {
+		s.leading = false
+	}
+	s.qmu.Unlock()
+	if more {
+		go e.lead(ns, s)
+	}
+}
+
+// overlay is a context's state with a batch's earlier writes on top.
+type overlay struct {
+	c *ctxState
+	w map[string]governance.ContextWrite
+}
+
+func (o overlay) Get(k string) ([]byte, bool) {
+	if w, ok := o.w[k]; ok {
+		return w.Value, !w.Delete
+	}
+	return o.c.Get(k)
+}
+
+func (e *Engine) runBatch(ns NamespaceID, s *nsState, batch []*callReq) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	fail := func(r *callReq, err error) {
+		r.done <- callOut{err: fmt.Errorf("calling %s on context %s: %w", r.req.Method, r.cid.String()[:12], err)}
+	}
 	if err := e.syncLocked(ns, s); err != nil {
-		return nil, err
+		for _, r := range batch {
+			fail(r, err)
+		}
+		return
 	}
-	c := s.contexts[cid]
-	if c == nil || !c.created || c.deleted {
-		return nil, fmt.Errorf("%w: %s", governance.ErrUnknownContext, cid)
+	over := map[ContextID]overlay{}
+	var calls []*governance.ContextCall
+	var ok []*callReq
+	var results []*wasmhost.Result
+	for _, r := range batch {
+		c := s.contexts[r.cid]
+		if c == nil || !c.created || c.deleted {
+			fail(r, fmt.Errorf("%w: %s", governance.ErrUnknownContext, r.cid))
+			continue
+		}
+		if err := e.ensureApp(r.ctx, ns, c.app); err != nil {
+			fail(r, err)
+			continue
+		}
+		o, have := over[r.cid]
+		if !have {
+			o = overlay{c: c, w: map[string]governance.ContextWrite{}}
+			over[r.cid] = o
+		}
+		res, err := e.host.Call(r.ctx, wasmhost.ApplicationID(c.app), &r.req, o)
+		if err != nil {
+			fail(r, err)
+			continue
+		}
+		call := &governance.ContextCall{Context: r.cid, Method: r.req.Method, Input: r.req.Input, Writes: toGov(res.Writes)}
+		for _, w := range call.Writes {
+			o.w[string(w.Key)] = w
+		}
+		calls, ok, results = append(calls, call), append(ok, r), append(results, res)
 	}
-	if err := e.ensureApp(ctx, ns, c.app); err != nil {
-		return nil, err
+	if len(calls) == 0 {
+		return
 	}
-	r, err := e.host.Call(ctx, wasmhost.ApplicationID(c.app), &wasmhost.Request{Context: cid, Caller: acc.Me, Method: method, Input: input}, c)
-	if err != nil {
-		return nil, fmt.Errorf("calling %s on context %s: %w", method, cid.String()[:12], err)
-	}
-	call := &governance.ContextCall{Context: cid, Method: method, Input: input, Writes: toGov(r.Writes)}
-	appliedHere := false
-	wires, op, err := e.gov.Call(ctx, ns, call, func(tx *store.Tx, key OpKey) error {
-		c.apply(&governance.ContextEntry{Key: key, Context: cid, Call: call})
-		appliedHere = true
-		return persist(tx, ns, c)
+	var applied []*ctxState
+	wires, keys, err := e.gov.CallBatch(context.WithoutCancel(ok[0].ctx), ns, calls, func(tx *store.Tx, keys []OpKey) error {
+		touched := map[ContextID]*ctxState{}
+		for i, call := range calls {
+			c := s.contexts[call.Context]
+			c.apply(&governance.ContextEntry{Key: keys[i], Context: call.Context, Call: call})
+			applied = append(applied, c)
+			touched[call.Context] = c
+		}
+		for _, c := range touched {
+			if err := persist(tx, ns, c); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
-		if appliedHere {
-			c.undoLast()
+		for i := len(applied) - 1; i >= 0; i-- {
+			applied[i].undoLast()
 		}
-		return nil, fmt.Errorf("recording the call: %w", err)
+		for _, r := range ok {
+			fail(r, fmt.Errorf("recording the call: %w", err))
+		}
+		return
 	}
-	e.m.applied.Inc()
-	c.trim(e.window, e.budget)
-	res = result(cid, r)
-	res.Op, res.Wires = op.ID.String(), wires
-	return res, nil
+	e.m.applied.Add(float64(len(calls)))
+	for _, o := range over {
+		o.c.trim(e.window, e.budget)
+	}
+	for i, r := range ok {
+		res := result(r.cid, results[i])
+		res.Op, res.Wires = keys[i].ID.String(), [][]byte{wires[i]}
+		r.done <- callOut{res: res}
+	}
 }
 
 // Query runs a read-only call against this node's current state. Any

@@ -68,6 +68,10 @@ type nsState struct {
 	mu       sync.RWMutex
 	contexts map[ContextID]*ctxState
 	gone     bool
+
+	qmu     sync.Mutex // guards queue and leading
+	queue   []*callReq // calls waiting for the leader (calls.go)
+	leading bool
 }
 
 // New loads the stored contexts. It starts nothing.

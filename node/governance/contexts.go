@@ -545,23 +545,43 @@ func (e *Engine) DeleteContext(ctx context.Context, ns NamespaceID, c ContextID)
 // op's place in the total order (the last place: its parents are this
 // node's heads).
 func (e *Engine) Call(ctx context.Context, ns NamespaceID, call *ContextCall, persist func(tx *store.Tx, key OpKey) error) ([][]byte, OpKey, error) {
-	var key OpKey
+	var p func(tx *store.Tx, keys []OpKey) error
+	if persist != nil {
+		p = func(tx *store.Tx, keys []OpKey) error { return persist(tx, keys[0]) }
+	}
+	wires, keys, err := e.CallBatch(ctx, ns, []*ContextCall{call}, p)
+	if err != nil {
+		return nil, OpKey{}, err
+	}
+	return wires, keys[0], nil
+}
+
+// CallBatch records several calls, in order, as a chain of ops committed in
+// one store transaction (one fdatasync for all): group commit of
+// concurrent calls. It returns each op's wire bytes and key, in order.
+func (e *Engine) CallBatch(ctx context.Context, ns NamespaceID, calls []*ContextCall, persist func(tx *store.Tx, keys []OpKey) error) ([][]byte, []OpKey, error) {
+	keys := make([]OpKey, 0, len(calls))
 	wires, err := e.author(ctx, ns, func(a *authoring) error {
-		m, _, err := a.requireContext(call.Context)
-		if err != nil {
-			return err
+		for _, call := range calls {
+			m, _, err := a.requireContext(call.Context)
+			if err != nil {
+				return err
+			}
+			n, err := a.group(m.group, &GroupOp{ContextCall: call})
+			if err != nil {
+				return err
+			}
+			keys = append(keys, keyOf(n))
 		}
-		n, err := a.group(m.group, &GroupOp{ContextCall: call})
-		if err != nil {
-			return err
-		}
-		key = keyOf(n)
 		if persist != nil {
-			a.ch.extra = func(tx *store.Tx) error { return persist(tx, key) }
+			a.ch.extra = func(tx *store.Tx) error { return persist(tx, keys) }
 		}
 		return nil
 	})
-	return wires, key, err
+	if err != nil {
+		return nil, nil, err
+	}
+	return wires, keys, nil
 }
 
 // ContextEntries returns every effective op of context c, in the total
