@@ -129,7 +129,7 @@ func (e *Engine) fetchApp(ctx context.Context, ns NamespaceID, app ApplicationID
 	}
 	var info *wasmhost.AppInfo
 	if err == nil {
-		info, err = e.host.Check(ctx, wasm)
+		info, err = e.host.Load(ctx, wasm) // checks it, and fills the compilation cache
 	}
 	if err != nil {
 		e.m.fetched.WithLabelValues("failed").Inc()

@@ -189,6 +189,20 @@ func TestConvergenceAnyOrder(t *testing.T) {
 					t.Fatalf("member %d root %s, member 0 %s", i, got, want)
 				}
 			}
+			// Replayed ops change nothing: governance knows them by id.
+			_, before, _ := ms[2].ctx.Root(ns, c)
+			for _, w := range all {
+				res, err := ms[2].gov.Apply(bg, ns, w)
+				if err != nil || res.Applied != 0 || res.Duplicate != len(w) {
+					t.Fatalf("replayed ops: %+v %v", res, err)
+				}
+			}
+			if err := ms[2].ctx.Sync(ns); err != nil {
+				t.Fatal(err)
+			}
+			if _, after, _ := ms[2].ctx.Root(ns, c); after != before || root(t, ms[2], ns, c) != want {
+				t.Fatal("replayed ops changed the context")
+			}
 			ms[1].restart(t)
 			if err := ms[1].ctx.Sync(ns); err != nil {
 				t.Fatal(err)
