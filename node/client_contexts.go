@@ -3,12 +3,8 @@ package node
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
-	"io"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/fleetbox/fleetbox/node/contexts"
 )
@@ -28,28 +24,8 @@ func (c *Client) InstallApp(ctx context.Context, wasm []byte) (*AppListing, erro
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	req.Header.Set("Content-Type", "application/wasm")
-	hc := c.HTTP
-	if hc == nil {
-		hc = &http.Client{Timeout: 120 * time.Second}
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("calling the node's admin API: %w", err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode/100 != 2 {
-		se := &StatusError{Status: resp.StatusCode}
-		if json.Unmarshal(data, &se.APIError) != nil {
-			se.APIError = APIError{Error: http.StatusText(resp.StatusCode), Details: strings.TrimSpace(string(data))}
-		}
-		return nil, se
-	}
 	var out AppListing
-	return &out, json.Unmarshal(data, &out)
+	return &out, c.send(req, &out)
 }
 
 func (c *Client) Apps(ctx context.Context) ([]AppListing, error) {
