@@ -163,3 +163,42 @@ func TestContextCallForgedByReplica(t *testing.T) {
 		}
 	}
 }
+
+// TestContextOpShapes: malformed and oversize context ops are refused by
+// check(), before any state is consulted.
+func TestContextOpShapes(t *testing.T) {
+	w := func(k, v string) ContextWrite { return ContextWrite{Key: []byte(k), Value: []byte(v)} }
+	many := make([]ContextWrite, MaxContextWrites+1)
+	for i := range many {
+		many[i] = ContextWrite{Key: []byte{byte(i >> 8), byte(i)}}
+	}
+	big := make([]byte, MaxContextValue)
+	for name, tc := range map[string]struct {
+		op *GroupOp
+		ok bool
+	}{
+		"call":                  {&GroupOp{ContextCall: &ContextCall{Method: "set", Writes: []ContextWrite{w("a", "1"), w("b", "")}}}, true},
+		"empty method":          {&GroupOp{ContextCall: &ContextCall{Method: ""}}, false},
+		"method with a space":   {&GroupOp{ContextCall: &ContextCall{Method: "se t"}}, false},
+		"method too long":       {&GroupOp{ContextCall: &ContextCall{Method: string(make([]byte, MaxContextMethod+1))}}, false},
+		"input too large":       {&GroupOp{ContextCall: &ContextCall{Method: "m", Input: make([]byte, MaxContextInput+1)}}, false},
+		"writes unsorted":       {&GroupOp{ContextCall: &ContextCall{Method: "m", Writes: []ContextWrite{w("b", "1"), w("a", "1")}}}, false},
+		"writes repeated":       {&GroupOp{ContextCall: &ContextCall{Method: "m", Writes: []ContextWrite{w("a", "1"), w("a", "2")}}}, false},
+		"empty key":             {&GroupOp{ContextCall: &ContextCall{Method: "m", Writes: []ContextWrite{w("", "1")}}}, false},
+		"key too large":         {&GroupOp{ContextCall: &ContextCall{Method: "m", Writes: []ContextWrite{w(string(make([]byte, MaxContextKey+1)), "")}}}, false},
+		"value too large":       {&GroupOp{ContextCall: &ContextCall{Method: "m", Writes: []ContextWrite{{Key: []byte("k"), Value: make([]byte, MaxContextValue+1)}}}}, false},
+		"writes too large":      {&GroupOp{ContextCall: &ContextCall{Method: "m", Writes: []ContextWrite{{Key: []byte("a"), Value: big}, {Key: []byte("b"), Value: big}, {Key: []byte("c"), Value: big}}}}, false},
+		"too many writes":       {&GroupOp{ContextCall: &ContextCall{Method: "m", Writes: many}}, false},
+		"removal with a value":  {&GroupOp{ContextCall: &ContextCall{Method: "m", Writes: []ContextWrite{{Key: []byte("k"), Value: []byte("v"), Delete: true}}}}, false},
+		"create without app":    {&GroupOp{ContextCreated: &ContextCreated{Context: ContextID{1}}}, false},
+		"upgrade without app":   {&GroupOp{ContextApplicationUpgraded: &ContextApplicationUpgraded{Context: ContextID{1}}}, false},
+		"two variants":          {&GroupOp{ContextDeleted: &ContextDeleted{}, ContextCall: &ContextCall{Method: "m"}}, false},
+		"context and member op": {&GroupOp{ContextDeleted: &ContextDeleted{}, MemberRoleSet: &MemberRoleSet{Role: RoleAdmin}}, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if err := tc.op.check(); (err == nil) != tc.ok {
+				t.Fatalf("check: %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
