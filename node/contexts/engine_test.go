@@ -320,3 +320,52 @@ func TestGroupCommit(t *testing.T) {
 		t.Fatalf("roots differ: %s vs %s", ra, rb)
 	}
 }
+
+// TestUpgradeAndDelete: an upgrade keeps the state under the new
+// application, a delete empties it; a peer applies both the same way, and
+// a deleted context takes no calls.
+func TestUpgradeAndDelete(t *testing.T) {
+	ms, ns, c := fleet(t, 2, 0)
+	a, b := ms[0], ms[1]
+	set(t, a, ns, c, "k", "v")
+	hostile, err := a.ctx.Install(bg, apptest.Build(t, apptest.Hostile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ctx.Upgrade(bg, ns, c, hostile.ID); err != nil {
+		t.Fatal(err)
+	}
+	b.syncFrom(t, a, ns)
+	if sa, sb := root(t, a, ns, c), root(t, b, ns, c); sa != sb {
+		t.Fatalf("after upgrade: %s vs %s", sa, sb)
+	}
+	st, err := b.ctx.Show(ns, c)
+	if err != nil || st.Application != hostile.ID || st.Keys != 2 {
+		t.Fatalf("after upgrade, on the peer: %+v %v", st, err)
+	}
+	// The new application runs against the kept state (b fetches nothing:
+	// it has no fetcher, so it needs the app installed).
+	if res, err := a.ctx.Call(bg, ns, c, "write", []byte("x")); err != nil || res.Writes != 1 {
+		t.Fatalf("call after upgrade: %+v %v", res, err)
+	}
+	if _, err := a.ctx.Delete(bg, ns, c); err != nil {
+		t.Fatal(err)
+	}
+	b.syncFrom(t, a, ns)
+	for _, m := range ms {
+		st, err := m.ctx.Show(ns, c)
+		if err != nil || !st.Deleted || st.Keys != 0 {
+			t.Fatalf("after delete: %+v %v", st, err)
+		}
+		if _, err := m.ctx.Query(bg, ns, c, "counter", nil); !errors.Is(err, governance.ErrUnknownContext) {
+			t.Fatalf("query of a deleted context: %v", err)
+		}
+	}
+	a.restart(t)
+	if err := a.ctx.Sync(ns); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := a.ctx.Show(ns, c); !st.Deleted || st.Keys != 0 || st.Root != root(t, b, ns, c) {
+		t.Fatalf("after restart: %+v", st)
+	}
+}
