@@ -14,6 +14,10 @@ import (
 	"github.com/fleetbox/fleetbox/node/store"
 )
 
+// fetchPatience is how long a fetch keeps retrying peers that do not have
+// the application yet.
+const fetchPatience = 20 * time.Second
+
 // ErrAppUnavailable: the application is neither stored here nor fetchable
 // from a peer now.
 var ErrAppUnavailable = errors.New("contexts: application not available on this node")
@@ -84,6 +88,16 @@ func (e *Engine) ApplicationBytes(id ApplicationID) ([]byte, error) {
 	return b, err
 }
 
+// hasApp reports whether app's bytes are stored here (reading only its
+// small info row).
+func (e *Engine) hasApp(id ApplicationID) bool {
+	err := e.st.View(func(tx *store.Tx) error {
+		_, err := tx.Get(store.Application, row(prefAppInfo, id[:]))
+		return err
+	})
+	return err == nil
+}
+
 // ensureApp makes app ready to run: loaded, else from the store, else
 // fetched from a peer of ns (and checked against its id).
 func (e *Engine) ensureApp(ctx context.Context, ns NamespaceID, app ApplicationID) error {
@@ -114,9 +128,9 @@ func (e *Engine) fetchApp(ctx context.Context, ns NamespaceID, app ApplicationID
 		return b, nil // another fetch got it meanwhile
 	}
 	// A peer that fetches the application itself right now may not have it
-	// yet: retry a few times before giving up.
+	// yet: retry for a while before giving up.
 	wasm, err := e.fetch.FetchApplication(ctx, ns, app)
-	for wait := 250 * time.Millisecond; err != nil && wait <= time.Second; wait *= 2 {
+	for wait, deadline := 250*time.Millisecond, time.Now().Add(fetchPatience); err != nil && time.Now().Before(deadline); wait = min(2*wait, 2*time.Second) {
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: %s: %w", ErrAppUnavailable, app.String()[:12], err)
@@ -127,15 +141,20 @@ func (e *Engine) fetchApp(ctx context.Context, ns NamespaceID, app ApplicationID
 	if err == nil && wasmhost.ID(wasm) != wasmhost.ApplicationID(app) {
 		err = fmt.Errorf("a peer sent bytes that do not hash to application %s", app)
 	}
-	var info *wasmhost.AppInfo
-	if err == nil {
-		info, err = e.host.Load(ctx, wasm) // checks it, and fills the compilation cache
-	}
 	if err != nil {
 		e.m.fetched.WithLabelValues("failed").Inc()
 		return nil, fmt.Errorf("%w: %s: %w", ErrAppUnavailable, app.String()[:12], err)
 	}
 	e.m.fetched.WithLabelValues("ok").Inc()
+	// Stored before it is compiled, so peers can fetch it from here at once:
+	// the bytes are those a signed op of the namespace names.
+	if err := e.storeApp(app, wasm, &wasmhost.AppInfo{Size: len(wasm)}, false); err != nil {
+		return nil, err
+	}
+	info, err := e.host.Load(ctx, wasm) // checks it, and fills the compilation cache
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrAppUnavailable, app.String()[:12], err)
+	}
 	if err := e.storeApp(app, wasm, info, false); err != nil {
 		return nil, err
 	}
@@ -155,7 +174,7 @@ func (e *Engine) prefetch(ctx context.Context, nss []NamespaceID) {
 			continue
 		}
 		for _, a := range apps {
-			if _, err := e.ApplicationBytes(a); err == nil {
+			if e.hasApp(a) {
 				continue
 			}
 			fctx, cancel := context.WithTimeout(ctx, 30*time.Second)

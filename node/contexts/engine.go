@@ -142,6 +142,21 @@ func (e *Engine) Notify(ns NamespaceID) {
 // returns nil on cancellation.
 func (e *Engine) Run(ctx context.Context) error {
 	defer e.host.Close(context.Background())
+	// Fetching waits on peers (for up to fetchPatience): it runs beside the
+	// loop that applies ops, so a missing application never delays state.
+	fetchNS := make(chan []NamespaceID, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case nss := <-fetchNS:
+				e.prefetch(ctx, nss)
+			}
+		}
+	})
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -158,7 +173,10 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 		}
 		if len(todo) > 0 {
-			e.prefetch(ctx, todo)
+			select {
+			case fetchNS <- todo:
+			default: // a prefetch is running; the next tick retries
+			}
 		}
 		select {
 		case <-ctx.Done():
