@@ -428,6 +428,9 @@ func (f *fleetState) onApplied(ns governance.NamespaceID) {
 	if st.Admitted && st.Member {
 		f.admitted[ns] = true
 	}
+	if was && st.Admitted && !st.Member {
+		delete(f.admitted, ns) // one purge event per eviction, however many applies see it
+	}
 	f.groups[ns] = st.Groups
 	f.mu.Unlock()
 	var targets []selfpurge.Target
