@@ -141,9 +141,10 @@ type app struct {
 func ID(wasm []byte) ApplicationID { return sha256.Sum256(wasm) }
 
 // Check compiles wasm and checks its imports and exports without keeping
-// it. Install-time validation.
+// it (the compiled code goes to the cache). Install-time validation.
 func (h *Host) Check(ctx context.Context, wasm []byte) (*AppInfo, error) {
-	a, err := h.compile(ctx, ID(wasm), wasm, "")
+	id := ID(wasm)
+	a, err := h.compile(ctx, id, wasm, h.cacheDir(id))
 	if err != nil {
 		return nil, err
 	}
@@ -163,11 +164,7 @@ func (h *Host) Load(ctx context.Context, wasm []byte) (*AppInfo, error) {
 		return &info, nil
 	}
 	h.mu.Unlock()
-	dir := ""
-	if h.cfg.CacheDir != "" {
-		dir = filepath.Join(h.cfg.CacheDir, id.String())
-	}
-	a, err := h.compile(ctx, id, wasm, dir)
+	a, err := h.compile(ctx, id, wasm, h.cacheDir(id))
 	if err != nil {
 		return nil, err
 	}
@@ -181,6 +178,14 @@ func (h *Host) Load(ctx context.Context, wasm []byte) (*AppInfo, error) {
 	h.apps[id] = a
 	info := a.info
 	return &info, nil
+}
+
+// cacheDir is the application's compilation cache directory, or "".
+func (h *Host) cacheDir(id ApplicationID) string {
+	if h.cfg.CacheDir == "" {
+		return ""
+	}
+	return filepath.Join(h.cfg.CacheDir, id.String())
 }
 
 // Loaded reports whether the application is compiled and ready.

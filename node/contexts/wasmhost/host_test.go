@@ -28,7 +28,7 @@ func load(t testing.TB, h *wasmhost.Host, pkg string) wasmhost.ApplicationID {
 
 func newHost(t testing.TB, lim wasmhost.Limits) *wasmhost.Host {
 	t.Helper()
-	h := wasmhost.New(wasmhost.Config{CacheDir: t.TempDir(), Limits: lim})
+	h := wasmhost.New(wasmhost.Config{CacheDir: apptest.CacheDir(), Limits: lim})
 	t.Cleanup(func() { h.Close(context.Background()) })
 	return h
 }
@@ -64,9 +64,13 @@ func TestKVCall(t *testing.T) {
 // TestHostile: each misbehaviour fails with its own named error, and the
 // host keeps serving other applications (and the same one) afterwards.
 func TestHostile(t *testing.T) {
-	h := newHost(t, wasmhost.Limits{CallTimeout: 300 * time.Millisecond, MemoryPages: 256})
+	// Only the loop should meet the time limit; a generous one keeps a slow
+	// machine (-race) from timing out the memory bomb first.
+	h := newHost(t, wasmhost.Limits{CallTimeout: 10 * time.Second, MemoryPages: 256})
 	hostile := load(t, h, apptest.Hostile)
 	kv := load(t, h, apptest.KV)
+	short := newHost(t, wasmhost.Limits{CallTimeout: 300 * time.Millisecond})
+	looping := load(t, short, apptest.Hostile)
 	for name, tc := range map[string]struct {
 		method string
 		input  []byte
@@ -85,7 +89,12 @@ func TestHostile(t *testing.T) {
 		"empty key":         {"write", nil, wasmhost.ErrKeyTooLarge},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := call(h, hostile, tc.method, tc.input, mapState{})
+			var err error
+			if tc.method == "loop" {
+				_, err = call(short, looping, tc.method, tc.input, mapState{})
+			} else {
+				_, err = call(h, hostile, tc.method, tc.input, mapState{})
+			}
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("got %v, want %v", err, tc.want)
 			}
