@@ -199,6 +199,7 @@ func (n *Node) adminHandler() http.Handler {
 		}
 		return n.SetPolicy(r.Context(), ns, p)
 	})
+	n.contextRoutes(mux, route)
 	return mux
 }
 
@@ -312,7 +313,11 @@ var errNotFound = errors.New("not found")
 func (n *Node) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	code, name := http.StatusInternalServerError, "internal"
 	var mbe *http.MaxBytesError
+	if c, nm, ok := contextError(err); ok {
+		code, name = c, nm
+	}
 	switch {
+	case name != "internal":
 	case errors.As(err, &mbe):
 		code, name = http.StatusRequestEntityTooLarge, "too_large"
 	case errors.Is(err, errUnsupportedMedia):

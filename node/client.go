@@ -78,6 +78,12 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	return c.send(req, out)
+}
+
+// send sends an authorised request and decodes a JSON answer into out
+// (unless out is nil); a non-2xx answer is a *StatusError.
+func (c *Client) send(req *http.Request, out any) error {
 	hc := c.HTTP
 	if hc == nil {
 		hc = &http.Client{Timeout: 60 * time.Second}

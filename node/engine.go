@@ -90,6 +90,9 @@ func (n *Node) publish(ctx context.Context, ns governance.NamespaceID, wires [][
 	if len(res.Ops) > 0 {
 		res.Op = res.Ops[0]
 	}
+	if n.ctxs != nil {
+		n.ctxs.Notify(ns) // membership changes can change which context ops take effect
+	}
 	return res
 }
 

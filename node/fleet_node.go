@@ -83,6 +83,9 @@ type fleetDeps struct {
 	// and publish publishes authored ops.
 	authoring sync.Locker
 	publish   func(ctx context.Context, ns governance.NamespaceID, wires [][]byte) *OpResult
+	// contextPurge, if set, wraps the purge's row deletion so that it
+	// covers contexts too.
+	contextPurge func(rows selfpurge.Rows) *contextPurge
 }
 
 // fleetNet is what the fleet uses of the network.
@@ -108,6 +111,9 @@ func (n *Node) fleetDeps() fleetDeps {
 		runCtx:    func() context.Context { return n.bgCtx },
 		authoring: &n.mu,
 		publish:   n.publish,
+		contextPurge: func(rows selfpurge.Rows) *contextPurge {
+			return newContextPurge(n, rows)
+		},
 	}
 }
 
@@ -138,9 +144,17 @@ func newFleet(d fleetDeps) *fleetState {
 	}
 	d.reg.MustRegister(f.m.refused, f.m.admitted)
 	rows := &purgeRows{eng: func() *governance.Engine { return d.eng }, keys: map[selfpurge.Target][]governance.KeyID{}}
+	// The purge also deletes context state, the applications only this
+	// namespace used and their compiled code (contexts_node.go).
+	var purgeRowsOf selfpurge.Rows = rows
+	var cp *contextPurge
+	if d.contextPurge != nil {
+		cp = d.contextPurge(rows)
+		purgeRowsOf = cp
+	}
 	f.purger = selfpurge.New(selfpurge.Config{
 		Store: d.st,
-		Rows:  rows,
+		Rows:  purgeRowsOf,
 		Unsubscribe: func(ns [32]byte) {
 			if net := d.net(); net != nil {
 				if err := net.Leave(ns); err != nil {
@@ -149,6 +163,7 @@ func newFleet(d fleetDeps) *fleetState {
 			}
 		},
 		BeforeDelete: func(t selfpurge.Target) {
+			cp.before(t)
 			if t.Whole() {
 				// Retire first: an in-flight sync batch must not write the
 				// namespace back after its rows are deleted.
@@ -168,6 +183,7 @@ func newFleet(d fleetDeps) *fleetState {
 			rows.mu.Unlock()
 		},
 		AfterDelete: func(t selfpurge.Target) {
+			cp.after(t)
 			if t.Whole() {
 				f.mu.Lock()
 				delete(f.groups, governance.NamespaceID(t.Namespace))

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/fleetbox/fleetbox/node/contexts"
 	"github.com/fleetbox/fleetbox/node/governance"
 	"github.com/fleetbox/fleetbox/node/p2p"
 	"github.com/fleetbox/fleetbox/node/store"
@@ -43,6 +44,7 @@ type Node struct {
 	// Set by Run before ready closes; read-only afterwards.
 	st        *store.Store
 	eng       *governance.Engine
+	ctxs      *contexts.Engine
 	net       *p2p.Network
 	keySource storeKeySource
 	adminAddr string
@@ -127,6 +129,9 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	n.eng = eng
+	if n.ctxs, err = n.openContexts(st, eng); err != nil {
+		return err
+	}
 	n.fleet = newFleet(n.fleetDeps())
 	if err := n.fleet.reconcile(ctx); err != nil {
 		return err
@@ -141,7 +146,11 @@ func (n *Node) Run(ctx context.Context) error {
 		Logger:            n.log.With("component", "p2p"),
 		Registerer:        n.reg,
 		OnAnnounce:        n.fleet.onAnnounce,
-		OnApplied:         func(ns p2p.NamespaceID, _ int) { n.fleet.onApplied(ns) },
+		OnApplied: func(ns p2p.NamespaceID, _ int) {
+			n.fleet.onApplied(ns)
+			n.ctxs.Notify(ns)
+		},
+		StreamHandlers: n.streamHandlers(),
 	})
 	if err != nil {
 		return err
@@ -170,6 +179,7 @@ func (n *Node) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	n.bg, n.bgCtx = g, gctx
 	g.Go(func() error { return pn.Run(gctx) })
+	g.Go(func() error { return n.ctxs.Run(gctx) })
 	g.Go(func() error { n.fleet.runPurges(gctx); return nil })
 	g.Go(func() error { n.redeliverLoop(gctx); return nil })
 	g.Go(func() error {

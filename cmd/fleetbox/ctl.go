@@ -59,7 +59,7 @@ type ctl struct {
 func runCtl(ctx context.Context, e *env, args []string) int {
 	fs := flag.NewFlagSet("ctl", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	fs.Usage = func() { fmt.Fprint(e.stderr, ctlUsage) }
+	fs.Usage = func() { fmt.Fprint(e.stderr, ctlUsage+ctlContextsUsage) }
 	home := fs.String("home", defaultHome(), "node home directory (admin address and token)")
 	admin := fs.String("admin", "", "admin API URL, e.g. http://127.0.0.1:7457 (with --token)")
 	tokenFile := fs.String("token", "", "file holding the admin bearer token (with --admin)")
@@ -133,6 +133,9 @@ func runCtl(ctx context.Context, e *env, args []string) int {
 		return c.fleetStatus(ctx, rest)
 	case "fleet-replicas ":
 		return c.fleetReplicas(ctx, rest)
+	}
+	if code, ok := c.ctlContexts(ctx, cmd, sub, rest); ok {
+		return code
 	}
 	fmt.Fprintf(e.stderr, "fleetbox: ctl: unknown command %q\n\n", strings.TrimSpace(cmd+" "+sub))
 	fmt.Fprint(e.stderr, ctlUsage)

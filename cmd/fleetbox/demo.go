@@ -30,7 +30,9 @@ const demoUsage = `usage: fleetbox demo [--keep] [--dir DIR]
 Runs the whole story on this machine, on loopback, with MOCK TDX: a KMS; two
 full members that create a namespace pinning the image's measurements; a fleet
 replica that gets its store key from the KMS, announces, is admitted as
-ReadOnlyTee, receives the group key and syncs; its write refused; a replica
+ReadOnlyTee, receives the group key and syncs; member-a installs the key-value
+application and writes, and the replica answers a query with the value while
+its own writes are refused; a replica
 with the wrong MRTD refused by the KMS and by the namespace; the next image
 pinned, so that fleet-replicas finds the replica outside the policy and
 evicts it; the replica purging itself. It prints a timeline and a verdict and exits 0
@@ -362,6 +364,9 @@ func (d *demo) namespaceStory(a, b *demoNode, image attest.MockQuote, pol *attes
 		return false
 	}
 	d.check(d.waitFor(20*time.Second, func() bool { return sameHeads(a, r, ns) }), "replica synced the namespace DAG (heads equal member-a's)")
+	if !d.contextsStory(a, b, r, created.ID) {
+		return false
+	}
 
 	_, outsider, _ := ed25519.GenerateKey(rand.Reader)
 	var mk governance.MemberKeys

@@ -43,18 +43,20 @@ type state struct {
 	// kept after removal, so the fleet can be audited against a changed
 	// policy (tee.go). Records are never mutated, so clones share them.
 	admissions map[PublicKey]*MemberJoinedViaTeeAttestation
+	// contexts are the namespace's contexts (contexts.go).
+	contexts map[ContextID]contextMeta
 }
 
 func newState(ns NamespaceID) *state {
 	return &state{ns: ns, groups: map[GroupID]*groupState{}, nonces: map[PublicKey]uint64{}, quotes: map[attest.QuoteHash]PublicKey{},
-		admissions: map[PublicKey]*MemberJoinedViaTeeAttestation{}}
+		admissions: map[PublicKey]*MemberJoinedViaTeeAttestation{}, contexts: map[ContextID]contextMeta{}}
 }
 
 // clone returns a deep copy (policy bytes are never mutated, so shared).
 func (st *state) clone() *state {
 	c := &state{ns: st.ns, genesis: st.genesis, policy: st.policy, polCache: st.polCache, incomplete: st.incomplete,
 		groups: make(map[GroupID]*groupState, len(st.groups)), nonces: maps.Clone(st.nonces), quotes: maps.Clone(st.quotes),
-		admissions: maps.Clone(st.admissions)}
+		admissions: maps.Clone(st.admissions), contexts: maps.Clone(st.contexts)}
 	for id, g := range st.groups {
 		ng := &groupState{id: g.id, parent: g.parent, root: g.root, keyIDs: slices.Clone(g.keyIDs),
 			members: make(map[PublicKey]*memberRow, len(g.members))}
@@ -304,6 +306,9 @@ func (st *state) applyGroup(n *opNode) *RefusedError {
 	admin := row.Role == RoleAdmin
 	manager := admin || row.Caps.Has(ManageMembers)
 	op := n.plain
+	if op.contextCount() > 0 {
+		return st.applyContext(n, row)
+	}
 	switch {
 	case op.MemberAdded != nil:
 		ma := op.MemberAdded

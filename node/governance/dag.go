@@ -73,6 +73,9 @@ type dag struct {
 	maxNonce map[PublicKey]uint64
 	// keys are the group keys this node holds, by id.
 	keys map[KeyID]groupKey
+	// ctxDirty is the first order position whose op or effect changed since
+	// ContextChanges last read (contexts.go); 0 in a new DAG.
+	ctxDirty int
 }
 
 func newDAG(ns NamespaceID) *dag {
@@ -106,6 +109,8 @@ func (d *dag) replayFrom(q int) {
 	}
 	base := d.snaps[si]
 	d.snaps = d.snaps[:si+1]
+	// Effects before q replay unchanged (the prefix of the order is).
+	d.ctxDirty = min(d.ctxDirty, q)
 	st := base.st.clone()
 	heads := map[*opNode]bool{}
 	for _, h := range base.heads {
@@ -173,6 +178,7 @@ func (d *dag) insert(n *opNode, applied bool) {
 		}
 		return 0
 	})
+	d.ctxDirty = min(d.ctxDirty, q)
 	if q == len(d.order) {
 		d.maybeSnapshot()
 		n.pos = q

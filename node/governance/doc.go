@@ -97,8 +97,10 @@
 // MemberJoinedViaTeeAttestation (next issue) is a RootOp variant (CBOR key 5
 // is reserved) with a case in state.applyRoot; it is the only op that may
 // grant RoleReadOnlyTee. Context ops are GroupOp variants from CBOR key 16
-// with cases in state.applyGroup. Each new variant also needs a check() and
-// kind() case in ops.go.
+// (contexts.go: ContextCreated, ContextApplicationUpgraded, ContextDeleted,
+// ContextCall) applied by state.applyContext; ContextChanges hands the
+// effective ones, in the total order, to node/contexts. Each new variant
+// also needs a check() and kind() case in ops.go.
 //
 // # Persistence
 //

@@ -629,6 +629,9 @@ type changes struct {
 	ops     []*opNode
 	keys    []groupKey
 	dropped []OpID
+	// extra, if set, writes more rows in the same transaction (a context
+	// call's state, contexts.go).
+	extra func(tx *store.Tx) error
 }
 
 func (e *Engine) refuse(res *ApplyResult, err error) {
@@ -786,7 +789,7 @@ func (e *Engine) commit(ns NamespaceID, sp *space, ch *changes) error {
 			e.log.Info("ops dropped after keys arrived", "namespace", ns.String(), "count", len(ch.dropped))
 		}
 	}
-	if len(ch.ops) == 0 && len(ch.keys) == 0 && len(ch.dropped) == 0 {
+	if len(ch.ops) == 0 && len(ch.keys) == 0 && len(ch.dropped) == 0 && ch.extra == nil {
 		return nil
 	}
 	err := e.st.Update(func(tx *store.Tx) error {
@@ -819,6 +822,9 @@ func (e *Engine) commit(ns NamespaceID, sp *space, ch *changes) error {
 			if err := tx.Delete(store.OpLog, rowKey(prefOp, ns, id[:])); err != nil {
 				return err
 			}
+		}
+		if ch.extra != nil {
+			return ch.extra(tx)
 		}
 		return nil
 	})

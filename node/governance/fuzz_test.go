@@ -23,6 +23,13 @@ func realOps(t testing.TB) (NamespaceID, [][]byte) {
 	_, w, err := a.e.CreateGroup(bg, ns, ns.Root())
 	add(w, err)
 	add(a.e.SetPolicy(bg, ns, attest.DefaultPolicy()))
+	c, w, err := a.e.CreateContext(bg, ns, ns.Root(), ApplicationID{1}, []byte("{}"), []ContextWrite{{Key: []byte("k"), Value: []byte("v")}}, nil)
+	add(w, err)
+	w, _, err = a.e.Call(bg, ns, &ContextCall{Context: c, Method: "set", Input: []byte("{}"),
+		Writes: []ContextWrite{{Key: []byte("a"), Value: []byte("1")}, {Key: []byte("b"), Delete: true}}}, nil)
+	add(w, err)
+	add(a.e.UpgradeContext(bg, ns, c, ApplicationID{2}))
+	add(a.e.DeleteContext(bg, ns, c))
 	add(a.e.RemoveMember(bg, ns, ns.Root(), bk.Signing))
 	return ns, wires
 }
@@ -53,6 +60,11 @@ func FuzzDecodeGroupOp(f *testing.F) {
 		{MemberRemoved: &MemberRemoved{Member: PublicKey{2}, NewKeyID: KeyID{3}}},
 		{MemberRoleSet: &MemberRoleSet{Member: PublicKey{2}, Role: RoleAdmin}},
 		{MemberCapabilitiesSet: &MemberCapabilitiesSet{Member: PublicKey{2}, Capabilities: 7}},
+		{ContextCreated: &ContextCreated{Context: ContextID{1}, Application: ApplicationID{2}, Init: []byte("{}")}},
+		{ContextApplicationUpgraded: &ContextApplicationUpgraded{Context: ContextID{1}, Application: ApplicationID{3}}},
+		{ContextDeleted: &ContextDeleted{Context: ContextID{1}}},
+		{ContextCall: &ContextCall{Context: ContextID{1}, Method: "set", Input: []byte("x"),
+			Writes: []ContextWrite{{Key: []byte("a"), Value: []byte("1")}, {Key: []byte("b"), Delete: true}}}},
 	} {
 		f.Add(mustEncode(g))
 	}

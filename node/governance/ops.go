@@ -36,6 +36,12 @@ type GroupOp struct {
 	MemberRemoved         *MemberRemoved         `cbor:"2,keyasint,omitempty"`
 	MemberRoleSet         *MemberRoleSet         `cbor:"3,keyasint,omitempty"`
 	MemberCapabilitiesSet *MemberCapabilitiesSet `cbor:"4,keyasint,omitempty"`
+
+	// Context ops (contexts.go).
+	ContextCreated             *ContextCreated             `cbor:"16,keyasint,omitempty"`
+	ContextApplicationUpgraded *ContextApplicationUpgraded `cbor:"17,keyasint,omitempty"`
+	ContextDeleted             *ContextDeleted             `cbor:"18,keyasint,omitempty"`
+	ContextCall                *ContextCall                `cbor:"19,keyasint,omitempty"`
 }
 
 // SealedGroupOp is a GroupOp encrypted with a group key: XChaCha20-Poly1305
@@ -196,7 +202,7 @@ func (g *GroupOp) count() int {
 	if g.MemberCapabilitiesSet != nil {
 		n++
 	}
-	return n
+	return n + g.contextCount()
 }
 
 func (g *GroupOp) kind() string {
@@ -209,6 +215,8 @@ func (g *GroupOp) kind() string {
 		return "MemberRoleSet"
 	case g.MemberCapabilitiesSet != nil:
 		return "MemberCapabilitiesSet"
+	case g.contextCount() > 0:
+		return g.contextKind()
 	}
 	return "GroupOp(?)"
 }
@@ -226,6 +234,8 @@ func (g *GroupOp) check() error {
 		role = g.MemberRoleSet.Role
 	case g.MemberCapabilitiesSet != nil:
 		role, caps = RoleMember, g.MemberCapabilitiesSet.Capabilities
+	case g.contextCount() > 0:
+		return g.checkContext()
 	default:
 		if g.MemberRemoved != nil && len(g.MemberRemoved.SubgroupKeys) > MaxKeyRefs {
 			return fmt.Errorf("%w: MemberRemoved rotates %d subgroup keys, limit %d", ErrMalformed, len(g.MemberRemoved.SubgroupKeys), MaxKeyRefs)

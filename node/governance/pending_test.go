@@ -36,7 +36,7 @@ func orphan(t testing.TB, ns NamespaceID, sk ed25519.PrivateKey, nonce uint64, p
 	return op.wire
 }
 
-func keyOf(i int) ed25519.PrivateKey {
+func signerKey(i int) ed25519.PrivateKey {
 	var seed [32]byte
 	seed[0], seed[1] = byte(i), byte(i>>8)
 	return ed25519.NewKeyFromSeed(seed[:])
@@ -70,7 +70,7 @@ func TestPendingQueueLimits(t *testing.T) {
 	}
 	t.Run("per signer", func(t *testing.T) {
 		a, ns := setup(t, nil)
-		sk := keyOf(1)
+		sk := signerKey(1)
 		var wires [][]byte
 		for i := range 15 {
 			wires = append(wires, orphan(t, ns, sk, uint64(i+1), 0))
@@ -84,7 +84,7 @@ func TestPendingQueueLimits(t *testing.T) {
 		a, ns := setup(t, nil)
 		var wires [][]byte
 		for i := range 50 {
-			wires = append(wires, orphan(t, ns, keyOf(i), 1, 0))
+			wires = append(wires, orphan(t, ns, signerKey(i), 1, 0))
 		}
 		res, err := a.e.Apply(WithOrigin(context.Background(), "peerX"), ns, wires)
 		ok(t, err)
@@ -92,7 +92,7 @@ func TestPendingQueueLimits(t *testing.T) {
 			t.Fatalf("%+v", res)
 		}
 		// Another peer still has its quota.
-		res, err = a.e.Apply(WithOrigin(context.Background(), "peerY"), ns, [][]byte{orphan(t, ns, keyOf(100), 1, 0)})
+		res, err = a.e.Apply(WithOrigin(context.Background(), "peerY"), ns, [][]byte{orphan(t, ns, signerKey(100), 1, 0)})
 		ok(t, err)
 		if res.Pending != 1 {
 			t.Fatalf("another origin: %+v", res)
@@ -102,7 +102,7 @@ func TestPendingQueueLimits(t *testing.T) {
 		a, ns := setup(t, func(c *Config) { c.Pending.MaxPendingPerSigner = 1000; c.Pending.MaxPendingPerOrigin = 1000 })
 		var wires [][]byte
 		for i := range 150 {
-			wires = append(wires, orphan(t, ns, keyOf(i), 1, 0))
+			wires = append(wires, orphan(t, ns, signerKey(i), 1, 0))
 		}
 		res := a.apply(t, ns, wires...)
 		if res.Pending != 100 || res.LocalRefused != 50 || reasonOf(res.FirstRefusal) != ReasonPendingFull {
@@ -118,7 +118,7 @@ func TestPendingQueueLimits(t *testing.T) {
 		a, ns := setup(t, func(c *Config) { c.Pending.MaxPendingPerOrigin = 1000 })
 		var wires [][]byte
 		for i := range 20 {
-			wires = append(wires, orphan(t, ns, keyOf(i), 1, 30000)) // about 30 KB each
+			wires = append(wires, orphan(t, ns, signerKey(i), 1, 30000)) // about 30 KB each
 		}
 		res := a.apply(t, ns, wires...)
 		ops, bytes, err := a.e.PendingUse(ns)
@@ -130,16 +130,16 @@ func TestPendingQueueLimits(t *testing.T) {
 	t.Run("age", func(t *testing.T) {
 		now := time.Unix(1e9, 0)
 		a, ns := setup(t, func(c *Config) { c.Now = func() time.Time { return now } })
-		a.apply(t, ns, orphan(t, ns, keyOf(1), 1, 0), orphan(t, ns, keyOf(2), 1, 0))
+		a.apply(t, ns, orphan(t, ns, signerKey(1), 1, 0), orphan(t, ns, signerKey(2), 1, 0))
 		now = now.Add(DefaultMaxPendingAge - time.Second)
-		a.apply(t, ns, orphan(t, ns, keyOf(3), 1, 0))
+		a.apply(t, ns, orphan(t, ns, signerKey(3), 1, 0))
 		now = now.Add(2 * time.Second)
 		a.apply(t, ns) // any call sweeps
 		if ops, _, _ := a.e.PendingUse(ns); ops != 1 {
 			t.Fatalf("%d pending after the first two aged out, want 1", ops)
 		}
 		// Their signers' quota came back.
-		if res := a.apply(t, ns, orphan(t, ns, keyOf(1), 2, 0)); res.Pending != 1 {
+		if res := a.apply(t, ns, orphan(t, ns, signerKey(1), 2, 0)); res.Pending != 1 {
 			t.Fatalf("%+v", res)
 		}
 	})

@@ -25,6 +25,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/multiformats/go-multiaddr"
@@ -62,6 +63,9 @@ type Config struct {
 	Logger    *slog.Logger
 	// Registerer receives the network's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+
+	// StreamHandlers are more stream protocols to serve (streams.go).
+	StreamHandlers map[protocol.ID]network.StreamHandler
 }
 
 // Network is a running libp2p host with gossipsub and the sync protocol.
@@ -242,6 +246,9 @@ func (n *Network) Run(ctx context.Context) error {
 		return fmt.Errorf("p2p: starting gossipsub: %w", err)
 	}
 	h.SetStreamHandler(SyncProtocol, n.serveSync)
+	for proto, handler := range n.cfg.StreamHandlers {
+		h.SetStreamHandler(proto, handler)
+	}
 	n.mu.Lock()
 	n.h, n.ps, n.runCtx, n.wg = h, ps, runCtx, &wg
 	n.mu.Unlock()
