@@ -469,10 +469,10 @@ func TestSettingsSources(t *testing.T) {
 				}
 			},
 		},
-		"fw_cfg may not set the kms policy":   {fwcfg: `{"kmsUrl":"http://x:1","kmsPolicy":{}}`, wantErr: `unknown key "kmsPolicy"`},
-		"fw_cfg key in another case":          {fwcfg: `{"kmsurl":"http://x:1"}`, wantErr: `key "kmsurl" in the top-level object is spelled "kmsUrl"`},
-		"fw_cfg duplicate key":                {fwcfg: `{"kmsUrl":"http://a:1","kmsUrl":"http://b:1"}`, wantErr: `key "kmsUrl" appears twice`},
-		"fw_cfg trailing data":                {fwcfg: `{"kmsUrl":"http://a:1"}{"kmsUrl":"http://b:1"}`, wantErr: "trailing data"},
+		"fw_cfg may not set the kms policy":   {fwcfg: `{"kmsUrl":"http://x:1","kmsPolicy":{}}`, wantErr: `unknown object member name "kmsPolicy"`},
+		"fw_cfg key in another case":          {fwcfg: `{"kmsurl":"http://x:1"}`, wantErr: `unknown object member name "kmsurl"`},
+		"fw_cfg duplicate key":                {fwcfg: `{"kmsUrl":"http://a:1","kmsUrl":"http://b:1"}`, wantErr: `duplicate object member name "kmsUrl"`},
+		"fw_cfg trailing data":                {fwcfg: `{"kmsUrl":"http://a:1"}{"kmsUrl":"http://b:1"}`, wantErr: "after top-level value"},
 		"credential may not pin the kms key":  {creds: map[string]string{"fleetbox.kms_key": key}, wantErr: "credential fleetbox.kms_key: not an operational setting"},
 		"credential may not turn mock on":     {creds: map[string]string{"fleetbox.mock": "on"}, wantErr: "credential fleetbox.mock: not an operational setting"},
 		"command line may only turn mock off": {cmdline: "fleetbox.mock=on", wantErr: "only off is allowed"},
@@ -524,10 +524,10 @@ func TestParseImageConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	cases := map[string]struct{ conf, want string }{
-		"duplicate key":               {strings.Replace(good, `"allowMock": true,`, `"allowMock": false, "allowMock": true,`, 1), `"allowMock" appears twice`},
-		"key in another case":         {strings.Replace(good, `"allowMock": true,`, `"allowMock": true, "allowmock": true,`, 1), `spelled "allowMock"`},
-		"unknown key":                 {strings.Replace(good, `"allowMock": true,`, `"allowMock": true, "debugShell": true,`, 1), `unknown key "debugShell"`},
-		"nested case":                 {strings.Replace(good, `"dataDevice"`, `"datadevice"`, 1), `spelled "dataDevice"`},
+		"duplicate key":               {strings.Replace(good, `"allowMock": true,`, `"allowMock": false, "allowMock": true,`, 1), `duplicate object member name "allowMock"`},
+		"key in another case":         {strings.Replace(good, `"allowMock": true,`, `"allowMock": true, "allowmock": true,`, 1), `unknown object member name "allowmock"`},
+		"unknown key":                 {strings.Replace(good, `"allowMock": true,`, `"allowMock": true, "debugShell": true,`, 1), `unknown object member name "debugShell"`},
+		"nested case":                 {strings.Replace(good, `"dataDevice"`, `"datadevice"`, 1), `unknown object member name "datadevice"`},
 		"prod with mock":              {strings.Replace(good, `"profile": "dev"`, `"profile": "prod"`, 1), "only dev may use mock"},
 		"unknown profile":             {strings.Replace(good, `"profile": "dev"`, `"profile": "test"`, 1), `profile "test"`},
 		"no kms trust anchor":         {strings.Replace(good, `"policy": `+kmsPolicyJSON(), `"policy": null`, 1), "needs a trust anchor"},
@@ -535,7 +535,7 @@ func TestParseImageConfig(t *testing.T) {
 		"bad kms key":                 {strings.Replace(good, `"url": "http://kms:1",`, `"url": "http://kms:1", "publicKey": "AAAA",`, 1), "kms.publicKey"},
 		"bad mock register":           {strings.Replace(good, hexOf(testRTMR1), "00", 1), "mock.rtmr1"},
 		"relative data device":        {strings.Replace(good, `"/dev/vdb"`, `"vdb"`, 1), "not an absolute path"},
-		"trailing object":             {good + `{}`, "trailing data"},
+		"trailing object":             {good + `{}`, "after top-level value"},
 		"oversize":                    {good + strings.Repeat(" ", MaxConfigSize), "exceeds"},
 	}
 	for name, c := range cases {

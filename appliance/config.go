@@ -10,10 +10,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/internal/strictjson"
 	"github.com/fleetbox/fleetbox/kms/api"
 )
 
@@ -183,136 +183,14 @@ func parsePublicKey(s string) (ed25519.PublicKey, error) {
 	return ed25519.PublicKey(b), nil
 }
 
-// decodeStrict decodes exactly one JSON object: bounded, unknown fields,
-// duplicate keys, keys in another letter case and trailing data refused.
+// decodeStrict decodes one JSON document with the project's strict decoder
+// (internal/strictjson: duplicate members, members not spelled exactly,
+// unknown members and trailing data refused), at most MaxConfigSize bytes.
 func decodeStrict(data []byte, v any) error {
 	if len(data) > MaxConfigSize {
 		return fmt.Errorf("%d bytes exceeds the %d-byte limit", len(data), MaxConfigSize)
 	}
-	if err := checkKeys(data, v); err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("trailing data after the JSON object")
-	}
-	return nil
-}
-
-// checkKeys walks the JSON object tree and refuses a key that occurs twice in
-// one object or whose spelling differs from every field name the target
-// type declares (encoding/json matches case-insensitively and lets the last
-// duplicate win, so `"allowMock": false, "allowmock": true` would mean
-// something other than what a reader sees). Raw-message fields (the KMS
-// policy) are checked by their own strict decoder.
-func checkKeys(data []byte, v any) error {
-	var tree any
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	// A first pass with a token reader finds duplicates, which decoding into
-	// map[string]any would hide.
-	if err := scanDuplicates(json.NewDecoder(bytes.NewReader(data)), ""); err != nil {
-		return err
-	}
-	if err := dec.Decode(&tree); err != nil {
-		return err
-	}
-	return matchSpelling(tree, fieldNames(v), "")
-}
-
-func scanDuplicates(dec *json.Decoder, path string) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return err
-	}
-	switch tok {
-	case json.Delim('{'):
-		seen := map[string]bool{}
-		for dec.More() {
-			kt, err := dec.Token()
-			if err != nil {
-				return err
-			}
-			k := kt.(string)
-			if seen[k] {
-				return fmt.Errorf("key %q appears twice in %s", k, orRoot(path))
-			}
-			seen[k] = true
-			if err := scanDuplicates(dec, path+"."+k); err != nil {
-				return err
-			}
-		}
-		_, err = dec.Token()
-		return err
-	case json.Delim('['):
-		for i := 0; dec.More(); i++ {
-			if err := scanDuplicates(dec, fmt.Sprintf("%s[%d]", path, i)); err != nil {
-				return err
-			}
-		}
-		_, err = dec.Token()
-		return err
-	}
-	return nil
-}
-
-func orRoot(path string) string {
-	if path == "" {
-		return "the top-level object"
-	}
-	return strings.TrimPrefix(path, ".")
-}
-
-// schema maps a JSON key to the schema of its value; nil means "not
-// checked further" (scalars, raw messages, lists of scalars).
-type schema map[string]schema
-
-// fieldNames returns the key schema of the config types. It is written
-// out rather than reflected so that it reads as the documented format.
-func fieldNames(v any) schema {
-	switch v.(type) {
-	case *ImageConfig:
-		return schema{
-			"profile": nil, "allowMock": nil, "dataDevice": nil,
-			"mock": {"replay": nil, "mrtd": nil, "rtmr0": nil, "rtmr1": nil, "rtmr2": nil},
-			"kms":  {"url": nil, "policy": nil, "publicKey": nil, "pccsUrl": nil, "waitSeconds": nil},
-			"node": {"listenAddrs": nil, "bootstrap": nil, "fleetJoin": nil},
-		}
-	case *Operational:
-		return schema{"kmsUrl": nil, "bootstrap": nil, "fleetJoin": nil}
-	}
-	return nil
-}
-
-func matchSpelling(tree any, s schema, path string) error {
-	obj, ok := tree.(map[string]any)
-	if !ok || s == nil {
-		return nil
-	}
-	keys := make([]string, 0, len(obj))
-	for k := range obj {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		sub, known := s[k]
-		if !known {
-			for want := range s {
-				if strings.EqualFold(want, k) {
-					return fmt.Errorf("key %q in %s is spelled %q in the format", k, orRoot(path), want)
-				}
-			}
-			return fmt.Errorf("unknown key %q in %s", k, orRoot(path))
-		}
-		if err := matchSpelling(obj[k], sub, path+"."+k); err != nil {
-			return err
-		}
-	}
-	return nil
+	return strictjson.Unmarshal(data, v)
 }
 
 // Operational is what unmeasured channels (fw_cfg, SMBIOS credentials) may

@@ -2,7 +2,6 @@ package appliance
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -118,7 +117,7 @@ func LoadAttestation(path string) (attest.Source, error) {
 		return nil, err
 	}
 	var a Attestation
-	if err := json.Unmarshal(b, &a); err != nil {
+	if err := decodeStrict(b, &a); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	switch a.Source {
