@@ -31,6 +31,16 @@ type AnnouncerConfig struct {
 	// MinBackoff and MaxBackoff bound the wait between announces (default
 	// 500 ms doubling to 30 s).
 	MinBackoff, MaxBackoff time.Duration
+	// FirstRetry is the wait after the first announce (default 100 ms, at
+	// most MinBackoff). A replica's first announce goes out the moment it
+	// sees a peer's subscription, which says nothing of its own stream to
+	// that peer: gossipsub drops a message for a peer whose outbound
+	// stream is not open yet, so about one first announce in a hundred
+	// reached no verifier and the join waited out the 500 ms backoff. One
+	// early repeat covers that; an announce answered before it costs
+	// nothing, and two admissions of one replica converge to one (the
+	// later op has no effect).
+	FirstRetry time.Duration
 	// Fetch, if set, is called every FetchInterval (default 50 ms) while an
 	// announce waits for its answer: it asks peers for ops this node lacks.
 	// The ops that admit a replica are gossiped the moment a verifier has
@@ -41,7 +51,12 @@ type AnnouncerConfig struct {
 	// and the replica waited for the next heartbeat (30 s in production).
 	Fetch         func()
 	FetchInterval time.Duration
-	Logger        *slog.Logger
+	// FetchFor bounds how long after each announce Fetch keeps being
+	// called (default 2 s): long enough for any verifier's answer, short
+	// enough that a replica nobody admits does not ask its peers every
+	// FetchInterval for the whole backoff.
+	FetchFor time.Duration
+	Logger   *slog.Logger
 }
 
 // Announcer publishes TeeAttestationAnnounces until the replica is admitted.
@@ -59,7 +74,13 @@ func NewAnnouncer(cfg AnnouncerConfig) *Announcer {
 		cfg.MaxBackoff = 30 * time.Second
 	}
 	if cfg.FetchInterval == 0 {
-		cfg.FetchInterval = 50 * time.Millisecond
+		cfg.FetchInterval = 25 * time.Millisecond
+	}
+	if cfg.FetchFor == 0 {
+		cfg.FetchFor = 2 * time.Second
+	}
+	if cfg.FirstRetry == 0 || cfg.FirstRetry > cfg.MinBackoff {
+		cfg.FirstRetry = min(100*time.Millisecond, cfg.MinBackoff)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -72,7 +93,7 @@ func NewAnnouncer(cfg AnnouncerConfig) *Announcer {
 // reports true (it returns nil) or ctx ends (it returns nil: cancellation is
 // not an error). Failures to get a quote or publish are logged and retried.
 func (a *Announcer) Run(ctx context.Context) error {
-	wait := a.cfg.MinBackoff
+	wait := a.cfg.FirstRetry
 	for attempt := 1; ; attempt++ {
 		if a.cfg.Admitted() {
 			a.log.Info("fleet replica admitted", "namespace", fmt.Sprintf("%x", a.cfg.Namespace[:8]), "announces", attempt-1)
@@ -91,6 +112,7 @@ func (a *Announcer) Run(ctx context.Context) error {
 		deadline := time.NewTimer(wait)
 		var fetch <-chan time.Time
 		var fetchTicker *time.Ticker
+		fetchUntil := time.Now().Add(a.cfg.FetchFor)
 		if published && a.cfg.Fetch != nil {
 			fetchTicker = time.NewTicker(a.cfg.FetchInterval)
 			fetch = fetchTicker.C
@@ -105,6 +127,11 @@ func (a *Announcer) Run(ctx context.Context) error {
 				}
 				return nil
 			case <-fetch:
+				if time.Now().After(fetchUntil) {
+					fetchTicker.Stop()
+					fetch = nil
+					continue
+				}
 				a.cfg.Fetch()
 			case <-deadline.C:
 				break waiting
@@ -121,7 +148,11 @@ func (a *Announcer) Run(ctx context.Context) error {
 			fetchTicker.Stop()
 		}
 		if published {
-			wait = min(2*wait, a.cfg.MaxBackoff)
+			if attempt == 1 {
+				wait = a.cfg.MinBackoff
+			} else {
+				wait = min(2*wait, a.cfg.MaxBackoff)
+			}
 		}
 	}
 }

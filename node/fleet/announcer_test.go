@@ -142,3 +142,59 @@ func TestAnnouncerFetchesWhileWaiting(t *testing.T) {
 		t.Fatalf("admitted %v after %d announces and %d fetches", admitted.Load(), published.Load(), fetched.Load())
 	}
 }
+
+// A first announce that reaches no verifier is repeated after FirstRetry,
+// not after the (production) 500 ms backoff; later ones keep backing off.
+// While a published announce waits, Fetch runs only for FetchFor.
+func TestAnnouncerRepeatsTheFirstAnnounceSoon(t *testing.T) {
+	_, id, _ := ed25519.GenerateKey(nil)
+	var published, fetched atomic.Int32
+	var admitted atomic.Bool
+	wake := make(chan struct{}, 1)
+	a := NewAnnouncer(AnnouncerConfig{
+		Namespace: testNS, Identity: id, Agreement: [32]byte{1},
+		Source: &attest.MockSource{Quote: attest.MockQuote{MRTD: goodMRTD}},
+		Head:   func() ([32]byte, error) { return headNow, nil },
+		Publish: func(context.Context, []byte) error {
+			if published.Add(1) == 2 { // the first one was lost
+				admitted.Store(true)
+				wake <- struct{}{}
+			}
+			return nil
+		},
+		Admitted:   admitted.Load,
+		Wake:       wake,
+		MinBackoff: time.Hour, MaxBackoff: time.Hour,
+		FirstRetry: 5 * time.Millisecond,
+		Fetch:      func() { fetched.Add(1) }, FetchInterval: time.Millisecond, FetchFor: time.Hour,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Run(ctx); err != nil || !admitted.Load() || published.Load() != 2 {
+		t.Fatalf("the lost first announce was not repeated soon: %v, %d published", err, published.Load())
+	}
+
+	// Nobody answers: after the first repeat the wait is MinBackoff, and
+	// fetching stops after FetchFor.
+	published.Store(0)
+	fetched.Store(0)
+	admitted.Store(false)
+	b := NewAnnouncer(AnnouncerConfig{
+		Namespace: testNS, Identity: id, Agreement: [32]byte{1},
+		Source:     &attest.MockSource{Quote: attest.MockQuote{MRTD: goodMRTD}},
+		Head:       func() ([32]byte, error) { return headNow, nil },
+		Publish:    func(context.Context, []byte) error { published.Add(1); return nil },
+		Admitted:   admitted.Load,
+		MinBackoff: time.Hour, MaxBackoff: time.Hour, FirstRetry: time.Millisecond,
+		Fetch: func() { fetched.Add(1) }, FetchInterval: time.Millisecond, FetchFor: 20 * time.Millisecond,
+	})
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	b.Run(ctx2)
+	if published.Load() != 2 {
+		t.Fatalf("%d announces in 300 ms with a one-hour backoff after the first repeat, want 2", published.Load())
+	}
+	if n := fetched.Load(); n == 0 || n > 60 {
+		t.Fatalf("fetched %d times; want some, and none after FetchFor of each announce", n)
+	}
+}
