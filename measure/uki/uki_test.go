@@ -100,9 +100,19 @@ func TestPCR11MatchesSystemdMeasure(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := PCR11(u)
+	args := []string{"calculate", "--bank=sha384", "--linux=" + b.kernel, "--osrel=" + b.osrel, "--cmdline=" + b.cmdline, "--initrd=" + b.initrd}
+	// A stub of 253 or later also measures the .sbat section it carries
+	// itself (Debian's 252 does not; bookworm-backports' 254 does), so
+	// systemd-measure must be given it too.
+	if sbat := u.SectionData(".sbat"); sbat != nil && u.StubVersion >= 253 {
+		p := filepath.Join(t.TempDir(), "sbat")
+		if err := os.WriteFile(p, sbat, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--sbat="+p)
+	}
 	measure := func(phase string) string {
-		out, err := exec.Command(tool, "calculate", "--bank=sha384", "--phase="+phase,
-			"--linux="+b.kernel, "--osrel="+b.osrel, "--cmdline="+b.cmdline, "--initrd="+b.initrd).CombinedOutput()
+		out, err := exec.Command(tool, append(args, "--phase="+phase)...).CombinedOutput()
 		m := regexp.MustCompile(`11:sha384=([0-9a-f]{96})`).FindSubmatch(out)
 		if err != nil || m == nil {
 			t.Fatalf("systemd-measure: %v\n%s", err, out)
