@@ -740,7 +740,11 @@ func (v *vm) shell() *shell {
 
 func (s *shell) send(cmd string) { s.conn.Write([]byte(cmd + "\r")) }
 
-// run runs one command and returns its output, delimited by markers.
+// run runs one command and returns its output, delimited by markers. The
+// command must be safe to run twice: a line typed while login is still
+// setting the terminal up is discarded (seen: the first command of a boot
+// echoed, then lost when bash started), so a command whose begin marker has
+// not appeared within 10 s is typed again.
 func (s *shell) run(cmd string) string {
 	s.n++
 	begin, end := fmt.Sprintf("__B%d__", s.n), fmt.Sprintf("__E%d__", s.n)
@@ -749,16 +753,22 @@ func (s *shell) run(cmd string) string {
 	s.mu.Unlock()
 	// The markers are typed split by an empty quote, so the terminal's
 	// echo of the command line never matches them; only the output does.
-	s.send(fmt.Sprintf("echo __B''%d__; %s; echo __E''%d__", s.n, cmd, s.n))
+	line := fmt.Sprintf("echo __B''%d__; %s; echo __E''%d__", s.n, cmd, s.n)
+	s.send(line)
 	deadline := time.Now().Add(90 * time.Second)
+	resend := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		s.mu.Lock()
 		out := s.buf.String()
 		s.mu.Unlock()
-		if i := strings.Index(out, begin); i >= 0 {
+		i := strings.Index(out, begin)
+		if i >= 0 {
 			if j := strings.Index(out[i:], end); j >= 0 {
 				return strings.ReplaceAll(out[i+len(begin):i+j], "\r", "")
 			}
+		} else if time.Now().After(resend) {
+			s.send(line)
+			resend = time.Now().Add(10 * time.Second)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
