@@ -38,6 +38,12 @@ type Policy struct {
 	AcceptMock bool `json:"acceptMock"`
 	// AllowDebug admits debug TDs, whose memory the host can read.
 	AllowDebug bool `json:"allowDebug,omitempty"`
+	// Rtmr3Events pins RTMR3 runtime events by name: each named event must
+	// occur exactly once in an event log that replays to the quote, with a
+	// payload (hex) in its list; ["*"] requires presence only. Where RTMR3
+	// differs per instance (dstack's instance-id), pin the events and waive
+	// allowedRtmr3 with ["*"]: the replay still binds the events to the quote.
+	Rtmr3Events map[string][]string `json:"rtmr3Events,omitempty"`
 }
 
 // ParsePolicy decodes and validates a policy document. Unknown keys,
@@ -105,6 +111,7 @@ func (p *Policy) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, p.validateEvents()...)
 	for _, s := range p.AllowedTcbStatuses {
 		switch {
 		case s == TcbRevoked:
@@ -124,6 +131,7 @@ func (p *Policy) normalize() {
 			}
 		}
 	}
+	p.normalizeEvents()
 }
 
 // TcbStatuses returns the statuses the policy accepts (UpToDate when empty).
@@ -190,6 +198,7 @@ func (p *Policy) Evaluate(v *Verdict) error {
 	for i, l := range [][]string{p.AllowedRtmr0, p.AllowedRtmr1, p.AllowedRtmr2, p.AllowedRtmr3} {
 		check(i, l, q.RTMR[i])
 	}
+	errs = append(errs, p.evaluateEvents(v)...)
 	if !v.Mock {
 		switch {
 		case v.TcbStatus == TcbRevoked:

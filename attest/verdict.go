@@ -79,4 +79,10 @@ type Verdict struct {
 	RevocationChecked bool
 	// VerifiedAt is the time the checks were made for.
 	VerifiedAt time.Time
+	// EventLogChecked is true when an event log came with the quote and
+	// replayed to the quote's registers (measure/eventlog.Bind);
+	// Rtmr3Events are then that log's RTMR3 events, which a policy's
+	// rtmr3Events judge.
+	EventLogChecked bool
+	Rtmr3Events     []Rtmr3Event
 }

@@ -273,17 +273,7 @@ func (l *Log) Replay() [Registers]attest.RTMR { return Replay(l.Events) }
 // RuntimeDigest is the digest of a runtime event as dstack defines it:
 // SHA-384(le32(type) || ":" || name || ":" || payload).
 func RuntimeDigest(typ uint32, name string, payload []byte) Digest {
-	h := sha512.New384()
-	var t [4]byte
-	binary.LittleEndian.PutUint32(t[:], typ)
-	h.Write(t[:])
-	h.Write([]byte(":"))
-	h.Write([]byte(name))
-	h.Write([]byte(":"))
-	h.Write(payload)
-	var d Digest
-	h.Sum(d[:0])
-	return d
+	return attest.RuntimeEventDigest(typ, name, payload)
 }
 
 // Parse reads either form: JSON when the first non-space byte is '[' or '{',
