@@ -61,6 +61,10 @@ type Config struct {
 	// Quotes is the quote source. Nil: configfs-tsm when the machine has
 	// TDX, else (dev profile only) mock quotes.
 	Quotes attest.Source
+	// AttestSource narrows the choice: "auto" or "" (TDX, else mock where
+	// the profile allows it), "tdx" (TDX or stop), "mock" (mock, only
+	// where the profile allows it; TDX is not tried).
+	AttestSource string
 	// Extender extends RTMR3. Nil: the kernel's RTMR3 file on TDX, none in
 	// a mock boot.
 	Extender Extender
@@ -309,8 +313,21 @@ func listOrNone(l []string) string {
 func (b *booter) quoteSource(ctx context.Context, s *Settings) (attest.Source, *attest.MockQuote, error) {
 	src := b.cfg.Quotes
 	var detectErr, err error
-	if src == nil {
-		src, detectErr = detectTDX(ctx)
+	switch b.cfg.AttestSource {
+	case "", "auto", "tdx":
+		if src == nil {
+			src, detectErr = detectTDX(ctx)
+		}
+		if b.cfg.AttestSource == "tdx" && (src == nil || src.Kind() == "mock") {
+			if detectErr == nil {
+				detectErr = errors.New("the quote source is a mock")
+			}
+			return nil, nil, stop("no TDX (%v), and --attest-source tdx asks for TDX", detectErr)
+		}
+	case "mock":
+		src, detectErr = nil, errors.New("--attest-source mock")
+	default:
+		return nil, nil, fmt.Errorf("attest source %q: want auto, tdx or mock", b.cfg.AttestSource)
 	}
 	if src != nil && src.Kind() != "mock" {
 		b.say("TDX: quotes from configfs-tsm (provider tdx_guest)")

@@ -120,6 +120,42 @@ func LoadAttestation(path string) (attest.Source, error) {
 	if err := decodeStrict(b, &a); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	src, err := attestationSource(path, &a)
+	if err != nil {
+		return nil, err
+	}
+	return &withEventLog{Source: src, path: filepath.Join(filepath.Dir(path), EventLogFile)}, nil
+}
+
+// withEventLog gives a source's quotes this boot's event log (EventLogFile,
+// written by the boot beside the attestation file), so that a fleet
+// announce carries it and a policy can pin fleetbox's RTMR3 events.
+type withEventLog struct {
+	attest.Source
+	path string
+}
+
+func (w *withEventLog) GetEvidence(ctx context.Context, rd attest.ReportData) (*attest.Evidence, error) {
+	q, err := w.GetQuote(ctx, rd)
+	if err != nil {
+		return nil, err
+	}
+	ev := &attest.Evidence{Quote: q}
+	b, err := os.ReadFile(w.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return ev, nil // a boot that could not write it said so on the console
+	case err != nil:
+		return nil, fmt.Errorf("reading the boot's event log: %w", err)
+	case len(b) > attest.MaxEventLog:
+		return nil, fmt.Errorf("the boot's event log %s is %d bytes, over %d", w.path, len(b), attest.MaxEventLog)
+	}
+	ev.EventLog = b
+	return ev, nil
+}
+
+func attestationSource(path string, a *Attestation) (attest.Source, error) {
+	var err error
 	switch a.Source {
 	case "tdx":
 		return attest.NewTSMSource()

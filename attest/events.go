@@ -14,6 +14,11 @@ import (
 // fleetbox's own RTMR3 events (fleetbox.profile, fleetbox.config, ...) use too.
 const RuntimeEventType = 0x08000001
 
+// MaxEventLog bounds an event log that travels with a quote (in a
+// TeeAttestationAnnounce, a KMS request or answer); a dstack log is about
+// 20 KB, a CCEL area 64 KiB at most. kms/api.MaxEventLog is the same.
+const MaxEventLog = 64 << 10
+
 // Limits on the RTMR3 events a verdict or an admission carries.
 const (
 	MaxRtmr3Events       = 256
@@ -28,7 +33,7 @@ type Rtmr3Event struct {
 	Type    uint32   `cbor:"1,keyasint" json:"type"`
 	Name    string   `cbor:"2,keyasint,omitempty" json:"name,omitempty"`
 	Payload []byte   `cbor:"3,keyasint,omitempty" json:"payload,omitempty"`
-	Digest  [48]byte `cbor:"4,keyasint,omitempty" json:"-"`
+	Digest  [48]byte `cbor:"4,keyasint,omitzero" json:"-"`
 }
 
 // Extended returns the digest the event extends into RTMR3.

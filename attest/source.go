@@ -62,3 +62,30 @@ func (s *TSMSource) GetQuote(ctx context.Context, rd ReportData) ([]byte, error)
 
 // Kind implements Source.
 func (s *TSMSource) Kind() string { return "tdx" }
+
+// Evidence is a quote with the event log that explains its registers (nil
+// when the source has none).
+type Evidence struct {
+	Quote    []byte
+	EventLog []byte
+}
+
+// EvidenceSource is a Source whose quotes come with the TD's event log: the
+// dstack agent's, or the appliance's replayed log.
+type EvidenceSource interface {
+	Source
+	GetEvidence(ctx context.Context, rd ReportData) (*Evidence, error)
+}
+
+// GetEvidence asks src for a quote over rd, with its event log where src
+// keeps one.
+func GetEvidence(ctx context.Context, src Source, rd ReportData) (*Evidence, error) {
+	if es, ok := src.(EvidenceSource); ok {
+		return es.GetEvidence(ctx, rd)
+	}
+	q, err := src.GetQuote(ctx, rd)
+	if err != nil {
+		return nil, err
+	}
+	return &Evidence{Quote: q}, nil
+}

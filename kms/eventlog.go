@@ -1,6 +1,7 @@
 package kms
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/fleetbox/fleetbox/attest"
@@ -11,28 +12,19 @@ import (
 // maxEventDiffLines bounds what a refusal records of the event diff.
 const maxEventDiffLines = 6
 
-// checkEventLog parses the event log a node sent with its quote and
-// requires it to replay to the quote's value in every register it extends;
-// a log that does not is refused as eventlog_mismatch, naming the
-// registers. Registers the log has no event for are not judged by it.
-func checkEventLog(raw []byte, q *attest.Quote) (*eventlog.Log, *apiError) {
-	l, err := eventlog.Parse(raw)
-	if err != nil {
+// checkEventLog binds the event log a node sent with its quote to the
+// verdict (eventlog.Bind): it must replay to the quote's RTMR3 and to every
+// other register it extends, or it is refused as eventlog_mismatch, naming
+// the registers and the events that contradict their data. Its RTMR3 events
+// then go to the policy's rtmr3Events and to the audit record.
+func checkEventLog(raw []byte, v *attest.Verdict) (*eventlog.Log, *apiError) {
+	l, err := eventlog.Bind(raw, v)
+	var me *eventlog.MismatchError
+	switch {
+	case errors.As(err, &me):
+		return nil, refuse(api.CodeEventLogMismatch, me.Details...)
+	case err != nil:
 		return nil, refuse(api.CodeInvalidRequest, "eventLogB64: "+err.Error())
-	}
-	rep := eventlog.Compare(l, q.RTMR)
-	var details []string
-	for _, g := range rep.Registers {
-		if len(g.Events) > 0 && !g.Match() {
-			details = append(details, fmt.Sprintf("rtmr%d: the event log's %d events replay to %s…, the quote shows %s…",
-				g.RTMR, len(g.Events), g.Replayed.String()[:16], g.Quoted.String()[:16]))
-		}
-	}
-	for _, is := range rep.Issues {
-		details = append(details, is.String())
-	}
-	if len(details) > 0 {
-		return nil, refuse(api.CodeEventLogMismatch, details...)
 	}
 	return l, nil
 }

@@ -68,7 +68,7 @@ func TestGetKeyWithEventLog(t *testing.T) {
 	}
 	changed := bootEvents("console=ttyS0 quiet")
 	err := get(changed, regs(expected))
-	if err == nil || !strings.Contains(err.Error(), "eventlog_mismatch") || !strings.Contains(err.Error(), "rtmr2: the event log's 2 events replay to") {
+	if err == nil || !strings.Contains(err.Error(), "eventlog_mismatch") || !strings.Contains(err.Error(), "rtmr2: the log's 2 events replay to") {
 		t.Fatalf("a log that does not replay to the quote: %v", err)
 	}
 	err = get(changed, regs(changed))

@@ -329,9 +329,10 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 
 	var elog *eventlog.Log
 	if req.EventLog != nil {
-		if elog, aerr = checkEventLog(req.EventLog, q); aerr != nil {
+		if elog, aerr = checkEventLog(req.EventLog, verdict); aerr != nil {
 			return nil, ev, true, aerr
 		}
+		ev.Rtmr3Events = attest.Rtmr3EventMap(verdict.Rtmr3Events)
 	}
 
 	if err := pol.Evaluate(verdict); err != nil {
@@ -388,13 +389,19 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pub := s.PublicKey()
-	quote, err := s.source.GetQuote(r.Context(), attest.BindPublicKey(nonce, pub))
+	evd, err := attest.GetEvidence(r.Context(), s.source, attest.BindPublicKey(nonce, pub))
 	if err != nil {
 		s.log.Error("getting the KMS's own quote", "source", s.source.Kind(), "err", err)
 		writeError(w, refuse(api.CodeInternal, "the KMS could not get its own quote"))
 		return
 	}
+	quote := evd.Quote
+	var logB64 string
+	if len(evd.EventLog) > 0 && len(evd.EventLog) <= api.MaxEventLog {
+		logB64 = base64.StdEncoding.EncodeToString(evd.EventLog)
+	}
 	writeJSON(w, http.StatusOK, api.AttestResponse{
+		EventLogB64:  logB64,
 		QuoteB64:     base64.StdEncoding.EncodeToString(quote),
 		PublicKeyB64: base64.StdEncoding.EncodeToString(pub),
 		Mock:         attest.IsMockQuote(quote),

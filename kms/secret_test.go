@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/attest/dstack"
 	"github.com/fleetbox/fleetbox/kms"
 )
 
@@ -125,8 +126,8 @@ func TestDstackRootSecret(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	agent := kms.NewDstackAgent(sock)
-	rs, err := agent.RootSecret(ctx, "")
+	agent := dstack.New(sock)
+	rs, err := kms.DstackRootSecret(ctx, agent, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,18 +143,18 @@ func TestDstackRootSecret(t *testing.T) {
 		t.Fatal("derived keys differ")
 	}
 	for _, path := range []string{"broken", "short"} {
-		_, err := agent.RootSecret(ctx, path)
+		_, err := kms.DstackRootSecret(ctx, agent, path)
 		if err == nil || strings.Contains(err.Error(), hex.EncodeToString(agentKey)) {
 			t.Fatalf("%s: %v", path, err)
 		}
 	}
-	if _, err := kms.NewDstackAgent(filepath.Join(t.TempDir(), "none.sock")).RootSecret(ctx, ""); !errors.Is(err, kms.ErrAgent) {
+	if _, err := kms.DstackRootSecret(ctx, dstack.New(filepath.Join(t.TempDir(), "none.sock")), ""); !errors.Is(err, dstack.ErrAgent) {
 		t.Fatalf("no agent: %v", err)
 	}
 
 	var rd attest.ReportData
 	rd[0] = 7
-	q, err := agent.QuoteSource().GetQuote(ctx, rd)
+	q, err := agent.Source().GetQuote(ctx, rd)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -248,6 +248,9 @@ func loadStoreKey(cfg *Config, log *slog.Logger) (*store.Key, storeKeySource, er
 	return k, "insecure development key", nil
 }
 
+// PeerID is the libp2p peer id of a node identity.
+func PeerID(sk ed25519.PrivateKey) (string, error) { return peerIDOf(sk) }
+
 func peerIDOf(sk ed25519.PrivateKey) (string, error) {
 	id, err := p2p.PeerIDFromKey(sk.Public().(ed25519.PublicKey))
 	if err != nil {

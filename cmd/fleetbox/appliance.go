@@ -24,7 +24,7 @@ prod); 3: a runtime failure.`
 
 // applianceBootOpts are the flags of `appliance boot`.
 type applianceBootOpts struct {
-	runDir, stateDir string
+	runDir, stateDir, source string
 }
 
 func parseApplianceBoot(args []string, stderr io.Writer) (*applianceBootOpts, error) {
@@ -33,11 +33,19 @@ func parseApplianceBoot(args []string, stderr io.Writer) (*applianceBootOpts, er
 	o := &applianceBootOpts{}
 	fs.StringVar(&o.runDir, "run-dir", appliance.DefaultRunDir, "tmpfs `dir` for the event log, the attestation file and the store key credential")
 	fs.StringVar(&o.stateDir, "state-dir", appliance.DefaultStateDir, "where the data volume is mounted")
+	fs.StringVar(&o.source, "attest-source", srcAuto, "auto (TDX, else MOCK where the profile allows it), tdx, or mock (only where the profile allows it)")
 	if err := fs.Parse(args); err != nil {
 		return nil, flagErr(err)
 	}
 	if fs.NArg() != 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	switch o.source {
+	case srcAuto, srcTDX, srcMock:
+	case srcDstack:
+		return nil, errors.New("--attest-source dstack: the appliance boots its own image; on dstack fleetbox runs as a container (node run --attest-source dstack)")
+	default:
+		return nil, fmt.Errorf("--attest-source %q: want auto, tdx or mock", o.source)
 	}
 	return o, nil
 }
@@ -58,6 +66,7 @@ func runAppliance(ctx context.Context, e *env, args []string) int {
 		CredentialsDir: os.Getenv("CREDENTIALS_DIRECTORY"),
 		RunDir:         o.runDir,
 		StateDir:       o.stateDir,
+		AttestSource:   o.source,
 		Console:        e.stdout,
 		Logger:         e.logger,
 	})

@@ -32,9 +32,9 @@ import (
 
 const kmsUsage = `usage:
   fleetbox kms serve --listen ADDR --policy FILE --state DIR [--root-secret file|dstack] [--profile NAME]
-                     [--collateral FILE | --collateral-cache DIR [--pccs-url URL]] [--attest-source auto|tdx|dstack|mock]
+                     [--collateral FILE | --collateral-cache DIR [--pccs-url URL]] [--attest-source auto|tdx|dstack|mock] [--dstack-socket PATH]
                      [--expected-events measurements.json [--expected-profile NAME]] [--audit-witness FILE]
-  fleetbox kms get-key --url URL --identity FILE [--seal] [--instance ID] [--mock-tdx [--mock-mrtd HEX] [--mock-rtmrN HEX]] [--out FILE] [--receipt FILE]
+  fleetbox kms get-key --url URL --identity FILE [--seal] [--instance ID] [--attest-source auto|tdx|dstack|mock [--dstack-socket PATH] [--mock-mrtd HEX] [--mock-rtmrN HEX]] [--out FILE] [--receipt FILE]
   fleetbox kms audit verify (--url URL [--pubkey BASE64] | --state DIR) [--receipt FILE]... [--head FILE]...
   fleetbox kms load --url URL [--clients N] [--duration D] [--seal] [--mock-mrtd HEX] [--mock-rtmrN HEX]`
 
@@ -68,10 +68,10 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 	policyPath := fs.String("policy", "", "TeeAdmissionPolicy JSON `file` (required; reloaded on SIGHUP)")
 	state := fs.String("state", "", "state `dir`: audit log, KMS signing key, file root secret (required)")
 	rootSecret := fs.String("root-secret", "file", "root secret `provider`: file (STATE/root.secret) or dstack (the guest agent's key API)")
-	dstackSocket := fs.String("dstack-socket", kms.DefaultDstackSocket, "dstack guest agent unix `socket`")
 	dstackPath := fs.String("dstack-key-path", kms.DefaultDstackKeyPath, "key `path` asked of the dstack agent")
 	profile := fs.String("profile", kms.DefaultProfile, "image profile `name` keys are derived for")
-	attestSource := fs.String("attest-source", "auto", "where /attest quotes come from: auto (configfs-tsm if present, else mock), tdx, dstack, mock")
+	var af attestFlags
+	af.register(fs, srcAuto, srcAuto, srcTDX, srcDstack, srcMock)
 	noRevocation := fs.Bool("no-revocation", false, "skip the PCK and root CRL checks")
 	ttl := fs.Duration("challenge-ttl", kms.DefaultChallengeTTL, "challenge lifetime")
 	maxPending := fs.Int("max-challenges", kms.DefaultMaxPendingChallenges, "cap on pending challenges")
@@ -109,14 +109,16 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		return runtimeErr(e, "kms serve: creating state dir: %v", err)
 	}
 
+	if err := af.check(); err != nil {
+		return usageErr(e, "kms serve: %v", err)
+	}
 	var secret *kms.RootSecret
-	agent := kms.NewDstackAgent(*dstackSocket)
 	switch *rootSecret {
 	case "file":
 		secret, err = kms.LoadFileRootSecret(filepath.Join(*state, kms.RootSecretFile))
 	case "dstack":
 		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		secret, err = agent.RootSecret(actx, *dstackPath)
+		secret, err = kms.DstackRootSecret(actx, af.agent(), *dstackPath)
 		cancel()
 	default:
 		return usageErr(e, "kms serve: --root-secret %q: want file or dstack", *rootSecret)
@@ -125,23 +127,9 @@ func kmsServe(ctx context.Context, e *env, args []string) int {
 		return runtimeErr(e, "kms serve: refusing to start: %v", err)
 	}
 
-	var src attest.Source
-	switch *attestSource {
-	case "auto":
-		if s, err := attest.NewTSMSource(); err == nil {
-			src = s
-		} else {
-			e.logger.Warn("no TDX quote provider; /attest answers with MOCK quotes", "err", err)
-		}
-	case "tdx":
-		if src, err = attest.NewTSMSource(); err != nil {
-			return runtimeErr(e, "kms serve: --attest-source tdx: %v", err)
-		}
-	case "dstack":
-		src = agent.QuoteSource()
-	case "mock":
-	default:
-		return usageErr(e, "kms serve: --attest-source %q: want auto, tdx, dstack or mock", *attestSource)
+	src, err := af.source(e.logger)
+	if err != nil {
+		return runtimeErr(e, "kms serve: %v", err)
 	}
 
 	var expectedEvents []eventlog.Event
@@ -243,9 +231,8 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 	identity := fs.String("identity", "", "node identity `file` (Ed25519, PEM PKCS#8; created if missing)")
 	seal := fs.Bool("seal", false, "ask for the key HPKE-sealed to an ephemeral X25519 key the quote binds")
 	instance := fs.String("instance", "", "ask for the key of this instance `id` (a lowercase UUID) rather than of the identity's peer")
-	mockTDX := fs.Bool("mock-tdx", false, "use a MOCK quote instead of configfs-tsm (the KMS policy must accept mock)")
-	var mf mockFlags
-	mf.register(fs)
+	var af attestFlags
+	af.register(fs, srcAuto, srcAuto, srcTDX, srcDstack, srcMock)
 	out := fs.String("out", "", "write the raw 32-byte key to this `file` (mode 0600) instead of hex on stdout")
 	receipt := fs.String("receipt", "", "write the answer's signed receipt (no key) to this `file`, for kms audit verify --receipt")
 	kmsPolicy := fs.String("kms-policy", "", "check the KMS's own quote (/attest) against this policy `file` first")
@@ -262,13 +249,12 @@ func kmsGetKey(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return usageErr(e, "kms get-key: %v", err)
 	}
-	var src attest.Source
-	if *mockTDX {
-		if src, err = mf.source(); err != nil {
-			return usageErr(e, "kms get-key: %v", err)
-		}
-	} else if src, err = attest.NewTSMSource(); err != nil {
-		return runtimeErr(e, "kms get-key: %v (use --mock-tdx on a machine without TDX)", err)
+	if err := af.check(); err != nil {
+		return usageErr(e, "kms get-key: %v", err)
+	}
+	src, err := af.source(e.logger)
+	if err != nil {
+		return runtimeErr(e, "kms get-key: %v (use --attest-source mock on a machine without TDX)", err)
 	}
 	c, err := client.New(client.Config{URL: *url, Identity: sk, Source: src, Seal: *seal, InstanceID: *instance, MaxAttempts: *attempts, Logger: e.logger})
 	if err != nil {
@@ -437,7 +423,7 @@ func kmsAuditVerify(ctx context.Context, e *env, args []string) int {
 	return printJSON(e, sum, exitOK)
 }
 
-// mockFlags describe the mock quote of --mock-tdx and kms load.
+// mockFlags describe the mock quote of --attest-source mock and kms load.
 type mockFlags struct {
 	mrtd string
 	rtmr [4]string

@@ -15,8 +15,8 @@ import (
 const nodeUsage = `usage: fleetbox node init --home DIR [--listen ADDR,...] [--admin-addr HOST:PORT]
        fleetbox node run  --home DIR [--listen ADDR,...] [--bootstrap ADDR,...]
                           [--admin-addr HOST:PORT] [--heartbeat 30s]
-                          [--store-key-file FILE | --insecure-dev-key | --kms URL [--kms-policy FILE]]
-                          [--tdx | --mock-tdx [--mock-mrtd HEX] [--mock-rtmrN HEX]]
+                          [--init] [--store-key-file FILE | --insecure-dev-key | --kms URL [--kms-policy FILE] | --dstack-key]
+                          [--attest-source auto|tdx|dstack|mock|appliance [--dstack-socket PATH] [--mock-mrtd HEX] [--mock-rtmrN HEX]]
                           [--fleet-join NS ...] [--collateral FILE | --collateral-cache DIR [--pccs-url URL]]
        fleetbox node self-purge reconcile --home DIR [store key flags]
 
@@ -25,8 +25,11 @@ token and a config file in DIR; run starts the daemon. The store key comes
 from --store-key-file, else the systemd credential store-key
 ($CREDENTIALS_DIRECTORY/store-key), else, only with --insecure-dev-key, a key
 generated in DIR (development only). With --kms the node gets its store key
-from the KMS first, proving itself with a quote from --tdx (configfs-tsm) or
---mock-tdx. --fleet-join makes the node a candidate read-only fleet replica
+from the KMS first, proving itself with a quote from --attest-source (tdx:
+configfs-tsm; dstack: the dstack guest agent, whose event log travels with
+the quote; mock). On dstack, --dstack-key derives the store key from the
+agent's GetKey instead (path fleetbox/node/<peer id>/store-key). --init
+creates the home first if it has none (a container's first start). --fleet-join makes the node a candidate read-only fleet replica
 (ReadOnlyTee) of a namespace; --collateral* give the collateral this node uses
 when it checks other replicas' quotes. self-purge reconcile finishes purges an
 eviction started and a crash interrupted (run it before the node, from a
@@ -130,7 +133,7 @@ type nodeRunOpts struct {
 	home, adminAddr, keyFile string
 	listen, bootstrap        listFlag
 	heartbeat                time.Duration
-	devKey                   bool
+	devKey, init             bool
 	ff                       fleetFlags
 }
 
@@ -147,6 +150,7 @@ func parseNodeRun(args []string, stderr io.Writer) (*nodeRunOpts, error) {
 	fs.DurationVar(&o.heartbeat, "heartbeat", 0, "heads heartbeat interval (overrides the config file; default 30s)")
 	fs.StringVar(&o.keyFile, "store-key-file", "", "file with the 32-byte store key (raw or 64 hex digits)")
 	fs.BoolVar(&o.devKey, "insecure-dev-key", false, "without a key file or credential, generate a store key in the home directory (INSECURE, development only)")
+	fs.BoolVar(&o.init, "init", false, "create the home first where it has no identity or config (node init with --listen and --admin-addr); for containers")
 	o.ff.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, flagErr(err)
@@ -164,6 +168,22 @@ func nodeRun(ctx context.Context, e *env, args []string) int {
 	o, err := parseNodeRun(args, e.stderr)
 	if code, done := parseResult(e, "node run", err); done {
 		return code
+	}
+	if o.init {
+		fc := node.DefaultFileConfig()
+		if len(o.listen) > 0 {
+			fc.ListenAddrs = o.listen
+		}
+		if o.adminAddr != "" {
+			fc.AdminAddr = o.adminAddr
+		}
+		res, err := node.Init(o.home, fc)
+		if err != nil {
+			return usageErr(e, "node run --init: %v", err)
+		}
+		for _, c := range res.Created {
+			e.logger.Info("node run --init: created", "file", c)
+		}
 	}
 	fc, err := node.LoadFileConfig(o.home)
 	if err != nil {

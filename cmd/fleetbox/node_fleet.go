@@ -7,88 +7,28 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/fleetbox/fleetbox/appliance"
-	"github.com/fleetbox/fleetbox/attest"
+		"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/attest/dstack"
 	"github.com/fleetbox/fleetbox/kms/client"
 	"github.com/fleetbox/fleetbox/node"
 )
 
-// quoteFlags choose where a node's quotes come from: configfs-tsm (--tdx),
-// a MOCK quote (--mock-tdx, with the measurements of mockFlags), or what
-// this boot of the appliance chose (--attest-source appliance).
-type quoteFlags struct {
-	tdx, mock bool
-	from      string
-	m         mockFlags
-}
-
-func (q *quoteFlags) register(fs *flag.FlagSet) {
-	fs.BoolVar(&q.tdx, "tdx", false, "get quotes from TDX hardware (configfs-tsm)")
-	fs.BoolVar(&q.mock, "mock-tdx", false, "use MOCK quotes (no hardware; only a policy with acceptMock admits them)")
-	fs.StringVar(&q.from, "attest-source", "", "tdx, mock, or appliance: the source `fleetbox appliance boot` chose for this boot ("+
-		appliance.DefaultRunDir+"/"+appliance.AttestationFile+"; MOCK carries the boot's replayed RTMR3)")
-	q.m.register(fs)
-}
-
-// check validates the choice without touching anything.
-func (q *quoteFlags) check() error {
-	n := 0
-	for _, set := range []bool{q.tdx, q.mock, q.from != ""} {
-		if set {
-			n++
-		}
-	}
-	if n > 1 {
-		return errors.New("--tdx, --mock-tdx and --attest-source are exclusive")
-	}
-	switch q.from {
-	case "", "tdx", "mock", "appliance":
-		return nil
-	}
-	return fmt.Errorf("--attest-source %q: want tdx, mock or appliance", q.from)
-}
-
-// source returns the chosen source, or nil when no flag is set.
-func (q *quoteFlags) source() (attest.Source, error) {
-	if err := q.check(); err != nil {
-		return nil, err
-	}
-	n := 0
-	for _, set := range []bool{q.tdx, q.mock, q.from != ""} {
-		if set {
-			n++
-		}
-	}
-	if n > 1 {
-		return nil, errors.New("--tdx, --mock-tdx and --attest-source are exclusive")
-	}
-	switch {
-	case q.tdx || q.from == "tdx":
-		return attest.NewTSMSource()
-	case q.mock || q.from == "mock":
-		return q.m.source()
-	case q.from == "appliance":
-		return appliance.LoadAttestation(appliance.DefaultRunDir + "/" + appliance.AttestationFile)
-	case q.from != "":
-		return nil, fmt.Errorf("--attest-source %q: want tdx, mock or appliance", q.from)
-	}
-	return nil, nil
-}
-
 // fleetFlags are the node's fleet-replica and KMS settings.
 type fleetFlags struct {
-	quotes    quoteFlags
+	quotes    attestFlags
 	coll      collateralFlags
 	kmsURL    string
 	kmsPolicy string
 	kmsSeal   bool
+	dstackKey bool
 	join      listFlag
 }
 
 func (f *fleetFlags) register(fs *flag.FlagSet) {
-	f.quotes.register(fs)
+	f.quotes.register(fs, "", srcAuto, srcTDX, srcDstack, srcMock, srcAppliance)
 	f.coll.register(fs)
-	fs.StringVar(&f.kmsURL, "kms", "", "get the store key from the KMS at this `url` (needs --tdx or --mock-tdx)")
+	fs.StringVar(&f.kmsURL, "kms", "", "get the store key from the KMS at this `url` (needs --attest-source)")
+	fs.BoolVar(&f.dstackKey, "dstack-key", false, "derive the store key from the dstack agent's GetKey for a path named by this node's identity (--dstack-socket)")
 	fs.StringVar(&f.kmsPolicy, "kms-policy", "", "check the KMS's own quote against this policy `file` before trusting it")
 	fs.BoolVar(&f.kmsSeal, "kms-seal", true, "ask the KMS for the key HPKE-sealed to a key the quote binds")
 	fs.Var(&f.join, "fleet-join", "fleet-join this namespace `id` at start (repeatable; adds to the config file's)")
@@ -97,7 +37,13 @@ func (f *fleetFlags) register(fs *flag.FlagSet) {
 // apply fills the node config from the flags; with --kms it fetches the
 // store key (the node's home must hold its identity).
 func (f *fleetFlags) apply(ctx context.Context, e *env, cfg *node.Config) error {
-	src, err := f.quotes.source()
+	if f.kmsURL != "" && f.dstackKey {
+		return errors.New("--kms and --dstack-key are exclusive: the store key comes from one place")
+	}
+	if f.kmsURL != "" && !f.quotes.set() {
+		return fmt.Errorf("--kms %w", errNoSource)
+	}
+	src, err := f.quotes.source(e.logger)
 	if err != nil {
 		return err
 	}
@@ -110,11 +56,10 @@ func (f *fleetFlags) apply(ctx context.Context, e *env, cfg *node.Config) error 
 		cfg.Fleet.Verifier = attest.NewVerifier(attest.VerifierConfig{Collateral: coll, Logger: e.logger})
 	}
 	cfg.FleetJoin = append(cfg.FleetJoin, f.join...)
-	if f.kmsURL != "" && src == nil {
-		return errors.New("--kms needs a quote source: --tdx, or --mock-tdx on a machine without TDX")
-	}
-	if src != nil && src.Kind() == "mock" {
-		e.logger.Warn("MOCK TDX: this node's quotes are mock quotes; no hardware backs them")
+	if f.dstackKey {
+		if err := dstackStoreKey(ctx, e, cfg, f.quotes.agent()); err != nil {
+			return &runtimeError{err}
+		}
 	}
 	if f.kmsURL != "" {
 		if err := fetchStoreKey(ctx, e, cfg, f.kmsURL, f.kmsPolicy, f.kmsSeal); err != nil {
@@ -163,6 +108,31 @@ func fetchStoreKey(ctx context.Context, e *env, cfg *node.Config, url, policyFil
 		return errors.New("the KMS returned an all-zero key")
 	}
 	cfg.StoreKey, cfg.StoreKeySource = &sk32, "kms "+url
+	return nil
+}
+
+// dstackStoreKey derives the node's store key from the dstack agent: GetKey
+// for a path named by the node's peer id, so that each node of a dstack app
+// has its own key, the same after every restart of that app (the agent
+// derives it from the app identity). HKDF separates it from the agent's key.
+func dstackStoreKey(ctx context.Context, e *env, cfg *node.Config, agent *dstack.Agent) error {
+	sk, err := node.LoadIdentity(cfg.Home)
+	if err != nil {
+		return err
+	}
+	id, err := node.PeerID(sk)
+	if err != nil {
+		return err
+	}
+	path := "fleetbox/node/" + id + "/store-key"
+	k, err := agent.DeriveKey(ctx, path, "fleetbox-store-key", "fleetbox/v1/dstack/store-key")
+	if err != nil {
+		return fmt.Errorf("store key from the dstack agent: %w", err)
+	}
+	if k == ([32]byte{}) {
+		return errors.New("the dstack agent's key derived to zero")
+	}
+	cfg.StoreKey, cfg.StoreKeySource = &k, "dstack agent GetKey "+path
 	return nil
 }
 

@@ -176,6 +176,9 @@ type AttestResponse struct {
 	Mock bool `json:"mock"`
 	// Source names the quote source ("tdx", "dstack", "mock").
 	Source string `json:"source"`
+	// EventLogB64, if set, is the KMS's own event log (a dstack KMS's),
+	// for a client whose policy pins rtmr3Events; at most MaxEventLog bytes.
+	EventLogB64 string `json:"eventLogB64,omitempty"`
 }
 
 // Health answers GET /health.

@@ -56,7 +56,11 @@ type Event struct {
 	RTMR       []string `json:"rtmr,omitempty"`
 	TcbStatus  string   `json:"tcbStatus,omitempty"`
 	Mock       bool     `json:"mock,omitempty"`
-	Decision   string   `json:"decision"`
+	// Rtmr3Events are the RTMR3 runtime events of the event log that came
+	// with the quote and replayed to it (name -> payloads, hex): what a
+	// policy's rtmr3Events judged.
+	Rtmr3Events map[string][]string `json:"rtmr3Events,omitempty"`
+	Decision    string              `json:"decision"`
 	// Reason is the API error code of a denial; empty for a grant.
 	Reason  string   `json:"reason,omitempty"`
 	Details []string `json:"details,omitempty"`

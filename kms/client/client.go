@@ -38,6 +38,7 @@ import (
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/kms/api"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 	"github.com/fleetbox/fleetbox/kms/audit"
 )
 
@@ -326,10 +327,11 @@ func (c *Client) getKeyOnce(ctx context.Context) (*Key, error) {
 		}
 		sealTo = sealKey.PublicKey().Bytes()
 	}
-	raw, err := c.cfg.Source.GetQuote(ctx, api.ReportData(nonce, idText, sealTo, c.cfg.InstanceID))
+	evd, err := attest.GetEvidence(ctx, c.cfg.Source, api.ReportData(nonce, idText, sealTo, c.cfg.InstanceID))
 	if err != nil {
 		return nil, fmt.Errorf("getting quote from %s: %w", c.cfg.Source.Kind(), err)
 	}
+	raw := evd.Quote
 	q, err := attest.ParseQuote(raw)
 	if err != nil {
 		return nil, &permanentError{fmt.Errorf("parsing own quote: %w", err)}
@@ -343,8 +345,17 @@ func (c *Client) getKeyOnce(ctx context.Context) (*Key, error) {
 		SignatureB64:     base64.StdEncoding.EncodeToString(sig),
 		InstanceID:       c.cfg.InstanceID,
 	}
-	if c.cfg.EventLog != nil {
-		req.EventLogB64 = base64.StdEncoding.EncodeToString(c.cfg.EventLog)
+	// The source's own log (the dstack agent's) travels unless the caller
+	// gave one (the appliance's, replayed at boot).
+	elog := c.cfg.EventLog
+	if elog == nil {
+		elog = evd.EventLog
+	}
+	if len(elog) > api.MaxEventLog {
+		return nil, &permanentError{fmt.Errorf("the event log of %d bytes exceeds the KMS's %d-byte limit", len(elog), api.MaxEventLog)}
+	}
+	if elog != nil {
+		req.EventLogB64 = base64.StdEncoding.EncodeToString(elog)
 	}
 	if sealTo != nil {
 		req.SealToB64 = base64.StdEncoding.EncodeToString(sealTo)
@@ -470,6 +481,15 @@ func (c *Client) CheckKMS(ctx context.Context, v *attest.Verifier, pol *attest.P
 		}
 		if err := attest.CheckBinding(verdict.Quote.ReportData, nonce, pub); err != nil {
 			return &permanentError{fmt.Errorf("%w: %w", ErrKMSNotTrusted, err)}
+		}
+		if resp.EventLogB64 != "" {
+			elog, err := base64.StdEncoding.DecodeString(resp.EventLogB64)
+			if err != nil || len(elog) > api.MaxEventLog {
+				return &permanentError{fmt.Errorf("%w: eventLogB64 is not base64 of at most %d bytes", ErrKMSNotTrusted, api.MaxEventLog)}
+			}
+			if _, err := eventlog.Bind(elog, verdict); err != nil {
+				return &permanentError{fmt.Errorf("%w: its event log: %w", ErrKMSNotTrusted, err)}
+			}
 		}
 		if err := pol.Evaluate(verdict); err != nil {
 			return &permanentError{fmt.Errorf("%w: %w", ErrKMSNotTrusted, err)}

@@ -32,9 +32,9 @@ const (
 	signatureLabel = "fleetbox/v1/tee-attestation-announce/signature\x00"
 )
 
-// MaxAnnounceSize bounds an encoded announce: a quote (attest.MaxQuoteSize)
-// plus about 200 bytes of fields.
-const MaxAnnounceSize = attest.MaxQuoteSize + 1024
+// MaxAnnounceSize bounds an encoded announce: a quote (attest.MaxQuoteSize),
+// an event log (attest.MaxEventLog) and about 200 bytes of fields.
+const MaxAnnounceSize = attest.MaxQuoteSize + attest.MaxEventLog + 1024
 
 // Announce is a TeeAttestationAnnounce.
 type Announce struct {
@@ -52,6 +52,10 @@ type Announce struct {
 	// Quote is the TDX quote (or a mock quote) over Nonce() || SHA-256(Member).
 	Quote     []byte `cbor:"7,keyasint"`
 	Signature []byte `cbor:"8,keyasint"`
+	// EventLog is the TD's event log (dstack's JSON or a binary CCEL), for
+	// a policy that pins rtmr3Events; absent when the source has none. The
+	// signature covers it; the replay binds it to the quote.
+	EventLog []byte `cbor:"9,keyasint,omitempty"`
 }
 
 const announceVersion = 1
@@ -92,11 +96,14 @@ func NewAnnounce(ctx context.Context, src attest.Source, ns [32]byte, identity e
 	if _, err := rand.Read(a.Random[:]); err != nil {
 		return nil, err
 	}
-	q, err := src.GetQuote(ctx, a.ReportData())
+	evd, err := attest.GetEvidence(ctx, src, a.ReportData())
 	if err != nil {
 		return nil, fmt.Errorf("getting a quote for the announce: %w", err)
 	}
-	a.Quote = q
+	if len(evd.EventLog) > attest.MaxEventLog {
+		return nil, fmt.Errorf("the event log of %d bytes exceeds the %d-byte limit", len(evd.EventLog), attest.MaxEventLog)
+	}
+	a.Quote, a.EventLog = evd.Quote, evd.EventLog
 	msg, err := a.signedBytes()
 	if err != nil {
 		return nil, fmt.Errorf("encoding announce: %w", err)
@@ -130,6 +137,9 @@ func DecodeAnnounce(b []byte) (*Announce, error) {
 	}
 	if len(a.Quote) == 0 || len(a.Quote) > attest.MaxQuoteSize || len(a.Signature) != ed25519.SignatureSize {
 		return nil, fmt.Errorf("%w: quote %d bytes, signature %d bytes", ErrMalformed, len(a.Quote), len(a.Signature))
+	}
+	if len(a.EventLog) > attest.MaxEventLog {
+		return nil, fmt.Errorf("%w: event log of %d bytes, limit %d", ErrMalformed, len(a.EventLog), attest.MaxEventLog)
 	}
 	re, err := a.Encode()
 	if err != nil || !bytes.Equal(re, b) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 )
 
 // Reason is why an announce was refused: a stable code, the label of the
@@ -26,6 +27,7 @@ const (
 	ReasonBindingMismatch    Reason = "report_data_mismatch"
 	ReasonQuoteReplayed      Reason = "quote_replayed"
 	ReasonNoPolicy           Reason = "no_policy"
+	ReasonEventLogMismatch   Reason = attest.ReasonEventLogMismatch
 )
 
 // Refusal is an announce refused for one or more reasons (several only for
@@ -69,6 +71,11 @@ type Admission struct {
 	TDAttributes attest.TDAttributes
 	TcbStatus    attest.TcbStatus
 	Mock         bool
+	// EventLogChecked and Rtmr3Events record the RTMR3 events of the
+	// announce's event log, which replayed to RTMR[3]; Recheck replays
+	// them again, so no peer takes the admitting node's word for them.
+	EventLogChecked bool
+	Rtmr3Events     []attest.Rtmr3Event
 }
 
 // Checker verifies announces. Its zero Window means DefaultWindow.
@@ -128,9 +135,19 @@ func (c *Checker) Check(ctx context.Context, ns [32]byte, a *Announce, v View) (
 	if v.QuoteUsed(q.Hash) {
 		return nil, refuse(ReasonQuoteReplayed, "quote %s already admitted a replica to this namespace", q.Hash.String()[:12])
 	}
+	if len(a.EventLog) > 0 {
+		if _, err := eventlog.Bind(a.EventLog, verdict); err != nil {
+			var me *eventlog.MismatchError
+			if errors.As(err, &me) {
+				return nil, refuse(ReasonEventLogMismatch, "%w", err)
+			}
+			return nil, refuse(ReasonMalformed, "the announce's event log: %w", err)
+		}
+	}
 	adm := &Admission{
 		Member: a.Member, Agreement: a.Agreement, QuoteHash: q.Hash, MRTD: q.MRTD, RTMR: q.RTMR,
 		TDAttributes: q.TDAttributes, TcbStatus: verdict.TcbStatus, Mock: verdict.Mock,
+		EventLogChecked: verdict.EventLogChecked, Rtmr3Events: verdict.Rtmr3Events,
 	}
 	if err := Recheck(pol, adm); err != nil {
 		return nil, err
@@ -146,7 +163,8 @@ func Recheck(pol *attest.Policy, adm *Admission) error {
 		return refuse(ReasonNoPolicy, "the namespace has no TeeAdmissionPolicy")
 	}
 	q := &attest.Quote{MRTD: adm.MRTD, RTMR: adm.RTMR, TDAttributes: adm.TDAttributes, Mock: adm.Mock, Hash: adm.QuoteHash}
-	err := pol.Evaluate(&attest.Verdict{Quote: q, Mock: adm.Mock, TcbStatus: adm.TcbStatus})
+	err := pol.Evaluate(&attest.Verdict{Quote: q, Mock: adm.Mock, TcbStatus: adm.TcbStatus,
+		EventLogChecked: adm.EventLogChecked, Rtmr3Events: adm.Rtmr3Events})
 	if err == nil {
 		return nil
 	}

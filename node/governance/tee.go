@@ -36,6 +36,11 @@ type MemberJoinedViaTeeAttestation struct {
 	TcbStatus    string           `cbor:"6,keyasint"`
 	Mock         bool             `cbor:"7,keyasint"`
 	Role         Role             `cbor:"8,keyasint"`
+	// EventLogChecked and Rtmr3Events: the RTMR3 events of the event log
+	// the replica's announce carried (fleet.Admission); absent when it
+	// carried none. They are replayed to RTMR[3] again on every recheck.
+	EventLogChecked bool                `cbor:"9,keyasint,omitempty"`
+	Rtmr3Events     []attest.Rtmr3Event `cbor:"10,keyasint,omitempty"`
 }
 
 func (m *MemberJoinedViaTeeAttestation) check() error {
@@ -49,6 +54,12 @@ func (m *MemberJoinedViaTeeAttestation) check() error {
 	if (s == attest.TcbMock) != m.Mock {
 		return fmt.Errorf("%w: MemberJoinedViaTeeAttestation: mock flag and TCB status disagree", ErrMalformed)
 	}
+	if len(m.Rtmr3Events) > 0 && !m.EventLogChecked {
+		return fmt.Errorf("%w: MemberJoinedViaTeeAttestation: rtmr3 events without a checked event log", ErrMalformed)
+	}
+	if err := attest.CheckRtmr3Events(m.Rtmr3Events); err != nil {
+		return fmt.Errorf("%w: MemberJoinedViaTeeAttestation: %v", ErrMalformed, err)
+	}
 	return nil
 }
 
@@ -57,6 +68,7 @@ func (m *MemberJoinedViaTeeAttestation) admission() *fleet.Admission {
 		Member: m.Member.Signing, Agreement: m.Member.Agreement, QuoteHash: m.QuoteHash,
 		MRTD: m.MRTD, RTMR: m.RTMR, TDAttributes: m.TDAttributes,
 		TcbStatus: attest.TcbStatus(m.TcbStatus), Mock: m.Mock,
+		EventLogChecked: m.EventLogChecked, Rtmr3Events: m.Rtmr3Events,
 	}
 }
 
@@ -145,6 +157,7 @@ func (e *Engine) AdmitTeeMember(ctx context.Context, ns NamespaceID, adm *fleet.
 		Member:    MemberKeys{Signing: adm.Member, Agreement: AgreementKey(adm.Agreement)},
 		QuoteHash: adm.QuoteHash, MRTD: adm.MRTD, RTMR: adm.RTMR, TDAttributes: adm.TDAttributes,
 		TcbStatus: string(adm.TcbStatus), Mock: adm.Mock, Role: RoleReadOnlyTee,
+		EventLogChecked: adm.EventLogChecked, Rtmr3Events: adm.Rtmr3Events,
 	}
 	if err := mj.check(); err != nil {
 		return nil, err
