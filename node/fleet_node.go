@@ -214,7 +214,7 @@ func (f *fleetState) joinAs(ctx context.Context, ns governance.NamespaceID, expl
 		}
 	}
 	if f.d.cfg.QuoteSource == nil {
-		return nil, badRequest("this node has no quote source (run with --tdx or --mock-tdx) and cannot fleet-join")
+		return nil, badRequest("this node has no quote source (run with --attest-source) and cannot fleet-join")
 	}
 	keys, err := f.d.eng.JoinNamespace(ns)
 	if err != nil {

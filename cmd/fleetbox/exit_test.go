@@ -26,7 +26,7 @@ func TestRuntimeFailuresExit3(t *testing.T) {
 		args []string
 		want int
 	}{
-		"kms get-key, KMS unreachable":      {[]string{"kms", "get-key", "--url", nobody, "--identity", filepath.Join(dir, "id.pem"), "--mock-tdx", "--attempts", "1"}, exitRuntime},
+		"kms get-key, KMS unreachable":      {[]string{"kms", "get-key", "--url", nobody, "--identity", filepath.Join(dir, "id.pem"), "--attest-source", "mock", "--attempts", "1"}, exitRuntime},
 		"kms audit verify, KMS unreachable": {[]string{"kms", "audit", "verify", "--url", nobody}, exitRuntime},
 		"kms serve, state unusable":         {[]string{"kms", "serve", "--listen", "127.0.0.1:0", "--policy", policy, "--state", badState, "--attest-source", "mock"}, exitRuntime},
 		"ctl, node unreachable":             {[]string{"ctl", "--admin", nobody, "--token", token, "status"}, exitRuntime},

@@ -58,7 +58,7 @@ func TestKMSCommands(t *testing.T) {
 	})
 
 	getKey := func(mrtd attest.MRTD, extra ...string) (int, string, string) {
-		return runCLI(t, append([]string{"kms", "get-key", "--url", url, "--identity", ident, "--mock-tdx", "--mock-mrtd", mrtd.String(), "--attempts", "1"}, extra...)...)
+		return runCLI(t, append([]string{"kms", "get-key", "--url", url, "--identity", ident, "--attest-source", "mock", "--mock-mrtd", mrtd.String(), "--attempts", "1"}, extra...)...)
 	}
 	code, plain, stderr := getKey(imageA)
 	if code != exitOK || len(strings.TrimSpace(plain)) != 64 || !strings.Contains(stderr, "created identity") {

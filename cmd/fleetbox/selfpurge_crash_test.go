@@ -94,7 +94,7 @@ func newReplica(t *testing.T, bin string) *replica {
 
 func (r *replica) mockFlags() []string {
 	img := demoImage("crash test")
-	args := []string{"--mock-tdx", "--mock-mrtd", img.MRTD.String()}
+	args := []string{"--attest-source", "mock", "--mock-mrtd", img.MRTD.String()}
 	for i := range img.RTMR {
 		args = append(args, fmt.Sprintf("--mock-rtmr%d", i), img.RTMR[i].String())
 	}

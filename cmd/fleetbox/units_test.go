@@ -87,13 +87,13 @@ func TestExecParsersRefuse(t *testing.T) {
 		verb string
 		args []string
 	}{
-		"renamed flag":        {"node run", []string{"--home", "/h", "--attest", "appliance"}},
-		"bad attest source":   {"node run", []string{"--home", "/h", "--attest-source", "appliances"}},
-		"two sources":         {"node run", []string{"--home", "/h", "--tdx", "--attest-source", "appliance"}},
-		"no home":             {"node self-purge reconcile", nil},
-		"stray argument":      {"appliance boot", []string{"now"}},
-		"unknown boot flag":   {"appliance boot", []string{"--profile", "dev"}},
-		"purge with argument": {"node self-purge reconcile", []string{"--home", "/h", "x"}},
+		"renamed flag":         {"node run", []string{"--home", "/h", "--attest", "appliance"}},
+		"bad attest source":    {"node run", []string{"--home", "/h", "--attest-source", "appliances"}},
+		"dstack for appliance": {"appliance boot", []string{"--attest-source", "dstack"}},
+		"no home":              {"node self-purge reconcile", nil},
+		"stray argument":       {"appliance boot", []string{"now"}},
+		"unknown boot flag":    {"appliance boot", []string{"--profile", "dev"}},
+		"purge with argument":  {"node self-purge reconcile", []string{"--home", "/h", "x"}},
 	} {
 		if err := execParsers[c.verb](c.args); err == nil {
 			t.Errorf("%s: %s %q was accepted", name, c.verb, c.args)
