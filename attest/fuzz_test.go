@@ -73,6 +73,7 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Add([]byte(policyJSON()))
 	f.Add([]byte(policyJSON(`allowedTcbStatuses=["UpToDate","OutOfDate"]`, `acceptMock=true`)))
 	f.Add([]byte(`{"allowedMrtd":["*"]}`))
+	f.Add([]byte(policyJSON(`rtmr3Events={"compose-hash":["2911e1f7"],"key-provider":["*"]}`)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := ParsePolicy(b)
 		if err != nil {
@@ -81,7 +82,10 @@ func FuzzParsePolicy(f *testing.F) {
 		if err := p.Validate(); err != nil {
 			t.Fatalf("parsed policy does not validate: %v", err)
 		}
-		for _, v := range Violations(p.Evaluate(&Verdict{Quote: &Quote{}, TcbStatus: TcbUpToDate})) {
+		evs := []Rtmr3Event{{Type: RuntimeEventType, Name: "compose-hash", Payload: []byte{0x29, 0x11, 0xe1, 0xf7}}}
+		q := &Quote{}
+		q.RTMR[3] = ReplayRtmr3(evs)
+		for _, v := range Violations(p.Evaluate(&Verdict{Quote: q, TcbStatus: TcbUpToDate, EventLogChecked: true, Rtmr3Events: evs})) {
 			if v.Reason == ReasonPolicyInvalid {
 				t.Fatal("parsed policy is invalid at evaluation")
 			}

@@ -251,6 +251,11 @@ func FuzzDecodeAnnounce(f *testing.F) {
 		w, _ := a.Encode()
 		f.Add(w)
 	}
+	if a != nil {
+		a.EventLog = []byte(`[{"imr":3,"event_type":134217729,"digest":"","event":"compose-hash","event_payload":"2911"}]`)
+		w, _ := a.Encode()
+		f.Add(w)
+	}
 	f.Add([]byte{0xa0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		a, err := DecodeAnnounce(b)
