@@ -61,8 +61,8 @@ func ParseComposeHash(s string) (ComposeHash, error) {
 // produce such a file reproducibly; it is the compose hash only when the
 // file uploaded is exactly that serialization. So hash the bytes that were
 // uploaded, never a re-serialization of them: the near-mpc fixture, indented
-// by Python's json.dumps(indent=4) as vmm-cli.py writes it, hashes to its
-// logged compose hash only as is.
+// the way Python's json.dumps(indent=4) writes it (as dstack's vmm-cli.py
+// compose does), hashes to its logged compose hash only as is.
 func ComposeHashOf(appCompose []byte) ComposeHash { return sha256.Sum256(appCompose) }
 
 // MRConfigIDV1 returns the MRCONFIGID a dstack host sets for an app in the
