@@ -6,12 +6,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/measure"
+	"github.com/fleetbox/fleetbox/measure/dstack"
 	"github.com/fleetbox/fleetbox/measure/eventlog"
 	"github.com/fleetbox/fleetbox/measure/tdvf"
 	"github.com/fleetbox/fleetbox/measure/uki"
@@ -25,7 +27,11 @@ const measureUsage = `measure: want a subcommand
                         [--rtmr0-log FILE] [--stub-measures auto|yes|no] [--kernel-measures auto|yes|no]
                         [--no-kernel-image] [--log-out FILE] [--json]
   fleetbox measure rtmr3 --profile NAME --config FILE [--log-out FILE] [--json]
-  fleetbox measure image [--firmware FILE] [--out FILE] [--rtmr0 HEX]... [--rtmr0-quote FILE]... [--rtmr0-log FILE]... DIR`
+  fleetbox measure image [--firmware FILE] [--out FILE] [--rtmr0 HEX]... [--rtmr0-quote FILE]... [--rtmr0-log FILE]... DIR
+  fleetbox measure compose [--json] FILE
+      FILE is a dstack app-compose.json, or a tcb_info.json (an object whose "app_compose"
+      member is the app-compose.json's text); prints the compose hash dstack extends into
+      RTMR3 (SHA-256 of the file's exact bytes) and the MRCONFIGID it implies (0x01 || hash)`
 
 // runMeasure computes expected MRTD and RTMRs from image artifacts.
 func runMeasure(_ context.Context, e *env, args []string) int {
@@ -43,6 +49,8 @@ func runMeasure(_ context.Context, e *env, args []string) int {
 		return measureRTMR3(e, args[1:])
 	case "image":
 		return measureImage(e, args[1:])
+	case "compose":
+		return measureCompose(e, args[1:])
 	}
 	return usageErr(e, "measure: unknown subcommand %q\n\n%s", args[0], measureUsage)
 }
@@ -602,5 +610,65 @@ func measureImage(e *env, args []string) int {
 			fmt.Fprintf(w, "  note: %s\n", note)
 		}
 	}
+	return exitOK
+}
+
+// measureReadCompose reads a dstack app-compose.json, or a tcb_info-style
+// document that carries one, at most dstack.MaxDocumentSize bytes.
+func measureReadCompose(path string) (*dstack.AppCompose, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, dstack.MaxDocumentSize+1))
+	if err != nil {
+		return nil, err
+	}
+	a, err := dstack.ParseComposeDocument(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return a, nil
+}
+
+func measureCompose(e *env, args []string) int {
+	fs := flag.NewFlagSet("measure compose", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	asJSON := fs.Bool("json", false, "print JSON: composeHash, mrConfigId, name, runner")
+	pos, err := measureParseAll(fs, args)
+	if err != nil {
+		return exitUsage
+	}
+	if len(pos) != 1 {
+		return usageErr(e, "measure compose: want one app-compose.json (or tcb_info.json)")
+	}
+	a, err := measureReadCompose(pos[0])
+	if err != nil {
+		return usageErr(e, "measure compose: %v", err)
+	}
+	for _, n := range a.Notes {
+		fmt.Fprintf(e.stderr, "fleetbox: measure compose: note: %s\n", n)
+	}
+	cfg := a.Hash.MRConfigIDV1()
+	if *asJSON {
+		return measureWriteJSON(e, struct {
+			ComposeHash dstack.ComposeHash `json:"composeHash"`
+			MRConfigID  attest.MRConfigID  `json:"mrConfigId"`
+			Name        string             `json:"name"`
+			Runner      string             `json:"runner"`
+		}{a.Hash, cfg, a.Name, a.Runner})
+	}
+	fmt.Fprintf(e.stdout, "compose-hash %s\n", a.Hash)
+	fmt.Fprintf(e.stdout, "mr-config-id %s (version 1: 0x01 || compose hash; a host may set none, all zeros, or another version)\n", cfg)
+	if !a.KMSEnabled {
+		id := a.Hash.AppIDWithoutKMS()
+		fmt.Fprintf(e.stdout, "app-id %x (kms_enabled is false: the compose hash's first 20 bytes)\n", id)
+	}
+	dc := "no docker_compose_file"
+	if a.HasDockerComposeFile {
+		dc = "docker_compose_file present"
+	}
+	fmt.Fprintf(e.stdout, "name %q runner %q, %s\n", a.Name, a.Runner, dc)
 	return exitOK
 }

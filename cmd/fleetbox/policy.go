@@ -2,12 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/measure"
+	"github.com/fleetbox/fleetbox/measure/dstack"
 	"github.com/fleetbox/fleetbox/measure/eventlog"
 	"github.com/fleetbox/fleetbox/measure/tdvf"
 )
@@ -23,7 +28,22 @@ Writes the namespace TeeAdmissionPolicy (--out, default tee-admission-policy.jso
 the KMS policy (--kms-out, default kms-policy.json): the same document type with the
 same rules, so the KMS releases keys to exactly the images the namespace admits.
 RTMR0 cannot be computed from the image: give it from a reference boot (--rtmr0,
---rtmr0-quote, --rtmr0-log) or waive it with --waive rtmr0, which writes ["*"].`
+--rtmr0-quote, --rtmr0-log) or waive it with --waive rtmr0, which writes ["*"].
+
+  fleetbox policy dstack --compose FILE... [--app-id HEX]... [--key-provider HEX|*]...
+      [--event NAME=HEX|*]... (--os-measurements FILE... | --waive-os)
+      [--tcb-status STATUS]... [--allow-debug] [--out FILE]
+
+Writes a TeeAdmissionPolicy (--out, default tee-admission-policy.json) that admits a
+dstack app. rtmr3Events pins the "compose-hash" event to the compose hash of each
+--compose (an app-compose.json, or a tcb_info.json with an "app_compose" member; repeat
+it to admit several app versions), "app-id" and "key-provider" when given (payloads in
+hex, or * for presence only), and any --event NAME=HEX. allowedRtmr3 is ["*"] because
+RTMR3 differs per instance (instance-id); the events stay bound to the quote, since
+the policy replays the event log to the quote's RTMR3 before judging them.
+--os-measurements pins MRTD and RTMR0-2 from a tcb_info.json, dstack-mr's --json
+output or a quote file (repeat it to admit several OS versions); --waive-os writes
+["*"] for them instead. One of the two is required. acceptMock is always false.`
 
 // runPolicy writes admission and KMS policies.
 func runPolicy(_ context.Context, e *env, args []string) int {
@@ -33,6 +53,8 @@ func runPolicy(_ context.Context, e *env, args []string) int {
 	switch args[0] {
 	case "from-measurements":
 		return policyFromMeasurements(e, args[1:])
+	case "dstack":
+		return policyDstack(e, args[1:])
 	}
 	return usageErr(e, "policy: unknown subcommand %q\n\n%s", args[0], policyUsage)
 }
@@ -134,5 +156,157 @@ func policyFromMeasurements(e *env, args []string) int {
 		}
 		fmt.Fprintf(e.stderr, "wrote %s\n", dst)
 	}
+	return exitOK
+}
+
+// policyHex checks a hex payload given on the command line: "*" passes, 0x
+// and upper case are allowed; size bounds the decoded length when > 0.
+func policyHex(flagName, v string, size int) (string, error) {
+	if v == attest.Wildcard {
+		return v, nil
+	}
+	h := strings.TrimPrefix(strings.ToLower(strings.TrimSpace(v)), "0x")
+	b, err := hex.DecodeString(h)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("%s %q is not hex: %v", flagName, v, err)
+	case size > 0 && len(b) != size:
+		return "", fmt.Errorf("%s %q is %d bytes, want %d", flagName, v, len(b), size)
+	case len(b) > attest.MaxRtmr3EventPayload:
+		return "", fmt.Errorf("%s: %d bytes, over the %d-byte event payload limit", flagName, len(b), attest.MaxRtmr3EventPayload)
+	}
+	return h, nil
+}
+
+func policyDstack(e *env, args []string) int {
+	fs := flag.NewFlagSet("policy dstack", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	var composes, appIDs, keyProviders, events, osFiles, statuses measureList
+	fs.Var(&composes, "compose", "app-compose.json (or tcb_info.json) of an app version to admit (repeatable; required)")
+	fs.Var(&appIDs, "app-id", "app-id event payload to pin: 20 bytes of hex (repeatable)")
+	fs.Var(&keyProviders, "key-provider", "key-provider event payload to pin (hex of its JSON), or * for presence only (repeatable)")
+	fs.Var(&events, "event", "another RTMR3 runtime event to pin: NAME=HEX, NAME= for an empty payload, or NAME=* (repeatable)")
+	fs.Var(&osFiles, "os-measurements", "MRTD and RTMR0-2 to pin, from a tcb_info.json, dstack-mr --json output or a quote file (repeatable)")
+	waiveOS := fs.Bool("waive-os", false, "write [\"*\"] for MRTD and RTMR0-2: any OS image is admitted")
+	fs.Var(&statuses, "tcb-status", "TCB status to accept (repeatable; default UpToDate)")
+	allowDebug := fs.Bool("allow-debug", false, "admit debug TDs (the host can read their memory)")
+	out := fs.String("out", "tee-admission-policy.json", "TeeAdmissionPolicy to write (- for standard output)")
+	pos, err := measureParseAll(fs, args)
+	if err != nil {
+		return exitUsage
+	}
+	if len(pos) != 0 {
+		return usageErr(e, "policy dstack: unexpected argument %q (give app-compose.json with --compose)", pos[0])
+	}
+	if len(composes) == 0 {
+		return usageErr(e, "policy dstack: want --compose app-compose.json")
+	}
+	if len(osFiles) == 0 && !*waiveOS {
+		return usageErr(e, "policy dstack: want --os-measurements FILE (tcb_info.json, dstack-mr --json output or a quote) to pin MRTD and RTMR0-2, or --waive-os to admit any OS image")
+	}
+	if len(osFiles) > 0 && *waiveOS {
+		return usageErr(e, "policy dstack: --os-measurements and --waive-os exclude each other")
+	}
+	o := &dstack.PolicyOptions{WaiveOS: *waiveOS, AllowDebug: *allowDebug, Events: map[string][]string{}}
+	var names []string
+	for _, p := range composes {
+		a, err := measureReadCompose(p)
+		if err != nil {
+			return usageErr(e, "policy dstack: --compose %v", err)
+		}
+		for _, n := range a.Notes {
+			fmt.Fprintf(e.stderr, "fleetbox: policy dstack: %s: note: %s\n", p, n)
+		}
+		o.ComposeHashes = append(o.ComposeHashes, a.Hash)
+		names = append(names, a.Name)
+	}
+	for _, v := range appIDs {
+		h, err := policyHex("--app-id", v, 20)
+		if err == nil && h == attest.Wildcard {
+			err = fmt.Errorf("--app-id: want 20 bytes of hex; to require only the event's presence use --event app-id=*")
+		}
+		if err != nil {
+			return usageErr(e, "policy dstack: %v", err)
+		}
+		var id [20]byte
+		hex.Decode(id[:], []byte(h))
+		o.AppIDs = append(o.AppIDs, id)
+	}
+	for _, v := range keyProviders {
+		h, err := policyHex("--key-provider", v, 0)
+		if err != nil {
+			return usageErr(e, "policy dstack: %v", err)
+		}
+		o.KeyProviders = append(o.KeyProviders, h)
+	}
+	for _, ev := range events {
+		name, val, ok := strings.Cut(ev, "=")
+		if !ok || name == "" {
+			return usageErr(e, "policy dstack: --event %q: want NAME=HEX or NAME=*", ev)
+		}
+		h, err := policyHex("--event "+name, val, 0)
+		if err != nil {
+			return usageErr(e, "policy dstack: %v", err)
+		}
+		o.Events[name] = append(o.Events[name], h)
+	}
+	for _, p := range osFiles {
+		f, err := os.Open(p)
+		if err != nil {
+			return usageErr(e, "policy dstack: --os-measurements: %v", err)
+		}
+		b, err := io.ReadAll(io.LimitReader(f, dstack.MaxDocumentSize+1))
+		f.Close()
+		if err != nil {
+			return usageErr(e, "policy dstack: --os-measurements: %v", err)
+		}
+		m, err := dstack.ParseOSMeasurements(b)
+		if err != nil {
+			return usageErr(e, "policy dstack: --os-measurements %s: %v", p, err)
+		}
+		o.OS = append(o.OS, *m)
+	}
+	for _, s := range statuses {
+		o.TcbStatuses = append(o.TcbStatuses, attest.TcbStatus(s))
+	}
+	pol, err := dstack.PolicyFor(o)
+	if err != nil {
+		return usageErr(e, "policy dstack: %v", err)
+	}
+	if *waiveOS {
+		fmt.Fprintf(e.stderr, "fleetbox: warning: --waive-os: mrtd and rtmr0-2 are waived: any firmware and OS image is admitted, so the app runs on whatever boot chain the host chose\n")
+	}
+	if len(o.OS) > 1 {
+		fmt.Fprintf(e.stderr, "fleetbox: warning: %d OS measurements in one policy: each register is checked on its own, so a mix of their values (one OS version's firmware with another's kernel) is admitted too\n", len(o.OS))
+	}
+	doc, err := pol.Marshal()
+	if err != nil {
+		return usageErr(e, "policy dstack: %v", err)
+	}
+	doc = append(doc, '\n')
+	// The document must read back exactly as the services will read it.
+	if _, err := attest.ParsePolicy(doc); err != nil {
+		return usageErr(e, "policy dstack: written policy does not parse: %v", err)
+	}
+	if *out == "-" {
+		e.stdout.Write(doc)
+	} else if err := os.WriteFile(*out, doc, 0o644); err != nil {
+		return runtimeErr(e, "policy dstack: %v", err)
+	}
+	osDesc := fmt.Sprintf("%d OS measurement set(s) pinned", len(o.OS))
+	if *waiveOS {
+		osDesc = "OS waived"
+	}
+	evNames := make([]string, 0, len(pol.Rtmr3Events))
+	for n := range pol.Rtmr3Events {
+		evNames = append(evNames, n)
+	}
+	slices.Sort(evNames)
+	dst := *out
+	if dst == "-" {
+		dst = "the policy to standard output"
+	}
+	fmt.Fprintf(e.stderr, "wrote %s: dstack app %s, %d compose hash(es), events pinned: %s; %s; rtmr3 waived (events replayed to it)\n",
+		dst, strings.Join(names, ", "), len(pol.Rtmr3Events[dstack.EventComposeHash]), strings.Join(evNames, ", "), osDesc)
 	return exitOK
 }
