@@ -20,7 +20,7 @@ func pinApp(app dstacktest.App) *attest.Policy {
 		AllowedMrtd:  []string{app.MRTD.String()},
 		AllowedRtmr0: []string{regs[0].String()}, AllowedRtmr1: []string{regs[1].String()},
 		AllowedRtmr2: []string{regs[2].String()}, AllowedRtmr3: []string{attest.Wildcard},
-		Rtmr3Events:  map[string][]string{"compose-hash": {hex.EncodeToString(app.ComposeHash[:])}},
+		Rtmr3Events: map[string][]string{"compose-hash": {hex.EncodeToString(app.ComposeHash[:])}},
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 
-		"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/attest/dstack"
 	"github.com/fleetbox/fleetbox/kms/client"
 	"github.com/fleetbox/fleetbox/node"

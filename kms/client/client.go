@@ -38,8 +38,8 @@ import (
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/kms/api"
-	"github.com/fleetbox/fleetbox/measure/eventlog"
 	"github.com/fleetbox/fleetbox/kms/audit"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 )
 
 // Config configures a Client.

@@ -63,7 +63,7 @@ func (c dstackCase) verified(t *testing.T) *attest.Verdict {
 		t.Fatal(err)
 	}
 	at, _ := time.Parse(time.RFC3339, c.at)
-	v, err := attest.NewVerifier(attest.VerifierConfig{Collateral: attest.StaticCollateral{coll}}).VerifyAt(context.Background(), raw, at)
+	v, err := attest.NewVerifier(attest.VerifierConfig{Collateral: attest.StaticCollateral{C: coll}}).VerifyAt(context.Background(), raw, at)
 	if err != nil {
 		t.Fatalf("verifying at %s: %v", c.at, err)
 	}
