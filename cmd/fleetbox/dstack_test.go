@@ -267,3 +267,54 @@ func TestPolicyDstackEvaluatesNearMPC(t *testing.T) {
 		t.Fatalf("no event log: %v", vs)
 	}
 }
+
+// quote verify --event-log: the near-mpc quote with its log is accepted by
+// a policy that pins its compose hash and prints the events it checked; a
+// policy for another app refuses it naming compose-hash; a log with one
+// event changed is refused as eventlog_mismatch naming the event.
+func TestQuoteVerifyEventLog(t *testing.T) {
+	dir := t.TempDir()
+	_, compose, other := nearFiles(t, dir)
+	coll := measureShared + "/near-mpc/collateral.json"
+	needFile(t, coll)
+	pol := func(name, composeFile string) string {
+		p := filepath.Join(dir, name)
+		if code, _, stderr := runCLI(t, "policy", "dstack", "--compose", composeFile, "--os-measurements", nearTcbInfo, "--out", p); code != exitOK {
+			t.Fatalf("policy dstack: %d %s", code, stderr)
+		}
+		return p
+	}
+	own, another := pol("own.json", compose), pol("other.json", other)
+	b, _ := os.ReadFile(nearTcbInfo)
+	forged := filepath.Join(dir, "forged.json")
+	i := strings.Index(string(b), `"compose-hash"`)
+	j := i + strings.Index(string(b[i:]), nearComposeHash)
+	os.WriteFile(forged, []byte(string(b[:j])+strings.Repeat("0", 64)+string(b[j+64:])), 0o644)
+
+	for name, c := range map[string]struct {
+		policy, log string
+		code        int
+		want        []string
+	}{
+		"own app":          {own, nearTcbInfo, exitOK, []string{`"eventLogChecked": true`, `"compose-hash": [`, nearComposeHash}},
+		"another app":      {another, nearTcbInfo, exitNo, []string{"rtmr3_event_not_allowed", "rtmr3 event compose-hash 2911e1f7"}},
+		"forged event log": {own, forged, exitNo, []string{"eventlog_mismatch", "compose-hash", "rtmr3: the log's"}},
+		"no log":           {own, "", exitNo, []string{"eventlog_missing"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			args := []string{"quote", "verify", nearQuote, "--collateral", coll, "--at", "2026-08-13T10:46:38Z", "--policy", c.policy}
+			if c.log != "" {
+				args = append(args, "--event-log", c.log)
+			}
+			code, stdout, stderr := runCLI(t, args...)
+			if code != c.code {
+				t.Fatalf("exit %d, want %d: %s %s", code, c.code, stdout, stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(stdout, w) {
+					t.Errorf("output lacks %q: %s", w, stdout)
+				}
+			}
+		})
+	}
+}

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"os"
 	"time"
 
 	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 )
 
 func runQuote(ctx context.Context, e *env, args []string) int {
@@ -78,8 +81,13 @@ type verdictJSON struct {
 	CollateralChecked  bool             `json:"collateralChecked"`
 	RevocationChecked  bool             `json:"revocationChecked"`
 	VerifiedAt         time.Time        `json:"verifiedAt"`
-	Reasons            []string         `json:"reasons"`
-	ReasonCodes        []string         `json:"reasonCodes"`
+	// EventLogChecked: --event-log replayed to the quote; Rtmr3Events are
+	// its RTMR3 runtime events (name -> payloads, hex), what a policy's
+	// rtmr3Events judged.
+	EventLogChecked bool                `json:"eventLogChecked"`
+	Rtmr3Events     map[string][]string `json:"rtmr3Events,omitempty"`
+	Reasons         []string            `json:"reasons"`
+	ReasonCodes     []string            `json:"reasonCodes"`
 }
 
 func quoteVerify(ctx context.Context, e *env, args []string) int {
@@ -90,6 +98,7 @@ func quoteVerify(ctx context.Context, e *env, args []string) int {
 	policyPath := fs.String("policy", "", "TeeAdmissionPolicy JSON `file` (default: any measurements, UpToDate, not debug, not mock)")
 	atText := fs.String("at", "", "verify at this `time` (RFC 3339) instead of now")
 	noRevocation := fs.Bool("no-revocation", false, "skip the PCK and root CRL checks")
+	logPath := fs.String("event-log", "", "the quote's event log `file` (dstack JSON, a dstack GetQuote answer or quote report, or a binary CCEL): it must replay to the quote, and its RTMR3 events meet the policy's rtmr3Events")
 	file, rest := splitFirstArg(args)
 	if err := fs.Parse(rest); err != nil {
 		return exitUsage
@@ -122,6 +131,12 @@ func quoteVerify(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return usageErr(e, "quote verify: %v", err)
 	}
+	var logRaw []byte
+	if *logPath != "" {
+		if logRaw, err = readLimitedFile(*logPath, eventlog.MaxLogSize); err != nil {
+			return usageErr(e, "quote verify: --event-log: %v", err)
+		}
+	}
 	v := attest.NewVerifier(attest.VerifierConfig{Collateral: coll, SkipRevocation: *noRevocation, Logger: e.logger})
 	out := verdictJSON{quoteValues: valuesOf(q), AdvisoryIDs: []string{}, Reasons: []string{}, ReasonCodes: []string{}, VerifiedAt: at.UTC()}
 	verdict, err := v.VerifyQuoteAt(ctx, q, at)
@@ -143,6 +158,19 @@ func quoteVerify(ctx context.Context, e *env, args []string) int {
 	out.CollateralChecked, out.RevocationChecked = verdict.CollateralChecked, verdict.RevocationChecked
 	if verdict.AdvisoryIDs != nil {
 		out.AdvisoryIDs = verdict.AdvisoryIDs
+	}
+	if logRaw != nil {
+		_, err := eventlog.Bind(logRaw, verdict)
+		var me *eventlog.MismatchError
+		switch {
+		case errors.As(err, &me):
+			out.Reasons = append(out.Reasons, me.Details...)
+			out.ReasonCodes = append(out.ReasonCodes, attest.ReasonEventLogMismatch)
+			return printJSON(e, out, exitNo)
+		case err != nil:
+			return usageErr(e, "quote verify: --event-log: %v", err)
+		}
+		out.EventLogChecked, out.Rtmr3Events = true, attest.Rtmr3EventMap(verdict.Rtmr3Events)
 	}
 	for _, vi := range attest.Violations(pol.Evaluate(verdict)) {
 		out.Reasons = append(out.Reasons, vi.Message)
@@ -206,4 +234,21 @@ func printJSON(e *env, v any, code int) int {
 		return exitUsage
 	}
 	return code
+}
+
+// readLimitedFile reads a file of at most limit bytes.
+func readLimitedFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s exceeds %d bytes", path, limit)
+	}
+	return b, nil
 }
