@@ -108,19 +108,38 @@ func (a *Agent) call(ctx context.Context, method string, req, resp any) error {
 
 // GetQuote returns a quote whose REPORTDATA is rd, with the CVM's event log.
 func (a *Agent) GetQuote(ctx context.Context, rd attest.ReportData) (*attest.Evidence, error) {
+	var raw json.RawMessage
+	if err := a.call(ctx, "GetQuote", map[string]string{"report_data": hex.EncodeToString(rd[:])}, &raw); err != nil {
+		return nil, fmt.Errorf("getting quote: %w", err)
+	}
+	ev, err := ParseQuoteResponse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("getting quote: %w", err)
+	}
+	return ev, nil
+}
+
+// ParseQuoteResponse decodes the agent's GetQuote answer: the quote (hex,
+// at most attest.MaxQuoteSize bytes) and the event log (a JSON string, at
+// most MaxEventLog bytes). Members of the agent's own (report_data,
+// vm_config) are skipped; duplicates are refused.
+func ParseQuoteResponse(data []byte) (*attest.Evidence, error) {
+	if len(data) > maxResponse {
+		return nil, fmt.Errorf("%w: GetQuote answer exceeds %d bytes", ErrAgent, maxResponse)
+	}
 	var resp struct {
 		Quote    string `json:"quote"`
 		EventLog string `json:"event_log"`
 	}
-	if err := a.call(ctx, "GetQuote", map[string]string{"report_data": hex.EncodeToString(rd[:])}, &resp); err != nil {
-		return nil, fmt.Errorf("getting quote: %w", err)
+	if err := strictjson.UnmarshalKnown(data, &resp); err != nil {
+		return nil, fmt.Errorf("%w: GetQuote answer is not the expected JSON", ErrAgent)
 	}
 	q, err := hex.DecodeString(strings.TrimPrefix(resp.Quote, "0x"))
 	if err != nil || len(q) == 0 || len(q) > attest.MaxQuoteSize {
-		return nil, fmt.Errorf("getting quote: %w: GetQuote quote is not hex of at most %d bytes", ErrAgent, attest.MaxQuoteSize)
+		return nil, fmt.Errorf("%w: GetQuote quote is not hex of at most %d bytes", ErrAgent, attest.MaxQuoteSize)
 	}
 	if len(resp.EventLog) > MaxEventLog {
-		return nil, fmt.Errorf("getting quote: %w: GetQuote event_log of %d bytes exceeds %d", ErrAgent, len(resp.EventLog), MaxEventLog)
+		return nil, fmt.Errorf("%w: GetQuote event_log of %d bytes exceeds %d", ErrAgent, len(resp.EventLog), MaxEventLog)
 	}
 	ev := &attest.Evidence{Quote: q}
 	if resp.EventLog != "" {

@@ -216,3 +216,52 @@ func TestRealDstackLogChanged(t *testing.T) {
 		})
 	}
 }
+
+// FuzzBind: a log that binds to a quote leaves a verdict whose recorded
+// RTMR3 events are within limits; one that does not leaves it unchanged.
+func FuzzBind(f *testing.F) {
+	f.Add([]byte(`[{"imr":3,"event_type":134217729,"digest":"","event":"compose-hash","event_payload":"2911"}]`), byte(0))
+	f.Add([]byte(`{"event_log":"[]"}`), byte(1))
+	f.Fuzz(func(t *testing.T, raw []byte, r3 byte) {
+		q := &attest.Quote{}
+		q.RTMR[3][0] = r3
+		v := &attest.Verdict{Quote: q}
+		if _, err := eventlog.Bind(raw, v); err != nil {
+			if v.EventLogChecked || v.Rtmr3Events != nil {
+				t.Fatal("a refused log changed the verdict")
+			}
+			return
+		}
+		if err := attest.CheckRtmr3Events(v.Rtmr3Events); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// BenchmarkBindDstackLog is the cost of checking a real dstack log (29
+// events) against its quote: what every announce and key request with a
+// log adds to quote verification.
+func BenchmarkBindDstackLog(b *testing.B) {
+	raw, err := os.ReadFile(filepath.Join(sharedTDX, "near-mpc/tcb_info.json"))
+	if err != nil {
+		b.Skip(err)
+	}
+	qraw, err := os.ReadFile(filepath.Join(sharedTDX, "near-mpc/quote.json"))
+	if err != nil {
+		b.Skip(err)
+	}
+	qb, err := attest.DecodeQuoteFile(qraw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	q, err := attest.ParseQuote(qb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		if _, err := eventlog.Bind(raw, &attest.Verdict{Quote: q}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
