@@ -171,6 +171,7 @@ type rig struct {
 	vol     *fakeVolume
 	console bytes.Buffer
 	conf    []byte
+	source  string // Config.AttestSource
 }
 
 func newRig(t *testing.T, conf string) *rig {
@@ -193,8 +194,31 @@ func (r *rig) boot() (*Result, error) {
 	return Boot(context.Background(), Config{
 		Root: r.root, RunDir: r.run, StateDir: r.state, CredentialsDir: r.creds, Volume: r.vol,
 		Quotes: &attest.MockSource{}, NodeUser: "-", Console: &r.console, KMSBackoff: 10 * time.Millisecond,
-		HTTPClient: &http.Client{Timeout: 5 * time.Second},
+		HTTPClient: &http.Client{Timeout: 5 * time.Second}, AttestSource: r.source,
 	})
+}
+
+// --attest-source narrows the boot's choice: tdx stops where there is no
+// TDX even in dev; mock boots with MOCK quotes where the profile allows it.
+func TestBootAttestSource(t *testing.T) {
+	k := startKMS(t, &attest.Policy{AllowedMrtd: []string{"*"}, AllowedRtmr0: []string{"*"}, AllowedRtmr1: []string{"*"},
+		AllowedRtmr2: []string{"*"}, AllowedRtmr3: []string{"*"}, AcceptMock: true})
+	r := newRig(t, devConfig(k.url))
+	r.source = "tdx"
+	_, err := r.boot()
+	var se *StopError
+	if !errors.As(err, &se) || !strings.Contains(err.Error(), "--attest-source tdx asks for TDX") {
+		t.Fatalf("tdx without TDX: %v", err)
+	}
+	r.source = "mock"
+	res, err := r.boot()
+	if err != nil || res.Source != "mock" {
+		t.Fatalf("mock in dev: %+v %v", res, err)
+	}
+	r.source = "dstack"
+	if _, err := r.boot(); err == nil || !strings.Contains(err.Error(), `attest source "dstack"`) {
+		t.Fatalf("dstack: %v", err)
+	}
 }
 
 func TestBootFirstThenSameInstance(t *testing.T) {
