@@ -93,7 +93,7 @@ func TestDigestDependsOnInputsOnly(t *testing.T) {
 		change func(*Input)
 		same   bool
 	}{
-		"same input again": {change: func(*Input) {}, same: true},
+		"same input again":               {change: func(*Input) {}, same: true},
 		"binary copied to a fresh slice": {change: func(in *Input) { in.Binary = append([]byte(nil), in.Binary...) }, same: true},
 		"another SOURCE_DATE_EPOCH":      {change: func(in *Input) { in.Epoch++ }},
 		"another binary":                 {change: func(in *Input) { in.Binary = append(in.Binary, 0) }},
