@@ -12,7 +12,9 @@
 # SOURCE_DATE_EPOCH (default: HEAD's commit time) and FLEETBOX_VERSION
 # (default: git describe) are the inputs besides the source; the same
 # commit gives the same digest on any machine, since go.mod pins the
-# toolchain (and with it the gzip stream).
+# toolchain (and with it the gzip stream). FLEETBOX_CA_BUNDLE=FILE installs
+# FILE as the image's trust roots (none by default); its sha256 is printed,
+# since a rebuild needs the same file to reach the same digest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -21,6 +23,11 @@ t0=$(date +%s)
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 version=${FLEETBOX_VERSION:-$(git describe --always --tags 2>/dev/null || echo dev)}
 revision=$(git rev-parse HEAD 2>/dev/null || echo "")
+ca=()
+if [ -n "${FLEETBOX_CA_BUNDLE:-}" ]; then
+	ca=(--ca-bundle "$(realpath "$FLEETBOX_CA_BUNDLE")")
+	echo "oci: trust roots from $FLEETBOX_CA_BUNDLE, sha256 $(sha256sum "$FLEETBOX_CA_BUNDLE" | cut -d' ' -f1)"
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/fleetbox-oci.XXXXXX")
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 
@@ -34,7 +41,7 @@ image() { # $1: output dir (absolute), $2: umask, $3: TZ
 	mkdir -p "$1"
 	(cd "$1" && umask "$2" && TZ=$3 "$work/oci-tool" --binary "$work/fleetbox" \
 		--out "$1/oci" --tar "$1/fleetbox-oci.tar" --tag "fleetbox:$version" \
-		--version "$version" --revision "$revision") >"$1.log" 2>&1 || {
+		--version "$version" --revision "$revision" "${ca[@]}") >"$1.log" 2>&1 || {
 		echo "oci: building the image in $1 failed:" >&2
 		cat "$1.log" >&2
 		exit 3
