@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the fleetbox binary as reproducible/binary.sh does, then the
-# container image from it twice with reproducible/oci, into two separate
+# container image from it twice with image/oci, into two separate
 # temporary directories, under a different umask, time zone and working
 # directory, a second apart, and fails unless the two manifest digests are
 # identical. Prints both digests, the image size and the time taken, and
@@ -35,7 +35,7 @@ echo "oci: building the binary (version $version, SOURCE_DATE_EPOCH $SOURCE_DATE
 CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
 	go build -trimpath -ldflags "-s -w -buildid= -X main.version=$version" \
 	-o "$work/fleetbox" ./cmd/fleetbox
-go build -o "$work/oci-tool" ./reproducible/oci
+go build -o "$work/oci-tool" ./image/oci
 
 image() { # $1: output dir (absolute), $2: umask, $3: TZ
 	mkdir -p "$1"

@@ -2,7 +2,7 @@
 // binary, without a container daemon, so that anyone who rebuilds the binary
 // gets the same image digest:
 //
-//	go run ./reproducible/oci --binary build/fleetbox --out build/oci \
+//	go run ./image/oci --binary build/fleetbox --out build/oci \
 //	    [--tar build/fleetbox-oci.tar] [--tag fleetbox:VERSION] \
 //	    [--version V] [--revision COMMIT] [--source URL] [--ca-bundle FILE]
 //

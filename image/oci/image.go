@@ -156,7 +156,7 @@ func Build(in Input) (v1.Image, error) {
 		MediaType: types.OCILayer,
 		History: v1.History{
 			Created:   created,
-			CreatedBy: "fleetbox reproducible/oci: /fleetbox and the files it needs",
+			CreatedBy: "fleetbox image/oci: /fleetbox and the files it needs",
 		},
 	})
 	if err != nil {
