@@ -34,6 +34,11 @@ bench:
 reproducible profile="":
     if [ -z "{{profile}}" ]; then bash reproducible/binary.sh; else bash reproducible/image.sh {{profile}}; fi
 
+# The container image for Phala/dstack, built twice and compared: build/oci
+# (OCI layout, digest in build/oci/digest) and build/fleetbox-oci.tar.
+oci:
+    bash reproducible/oci.sh
+
 # Predict a built image's measurements: build/image/PROFILE/measurements.json.
 measure profile="dev" *args="":
     bash image/measure.sh {{profile}} {{args}}
