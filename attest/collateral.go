@@ -14,6 +14,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/fleetbox/fleetbox/internal/boundedio"
 	"github.com/fleetbox/fleetbox/internal/strictjson"
 
 	"github.com/google/go-tdx-guest/pcs"
@@ -256,7 +257,7 @@ func (s StaticCollateral) Collateral(context.Context, FMSPC, string) (*Collatera
 
 // LoadCollateralFile reads a QuoteCollateralV3 JSON file.
 func LoadCollateralFile(path string) (*Collateral, error) {
-	data, err := readFileLimited(path, MaxCollateralSize)
+	data, err := boundedio.ReadFile(path, MaxCollateralSize)
 	if err != nil {
 		return nil, fmt.Errorf("reading collateral: %w", err)
 	}
@@ -265,22 +266,6 @@ func LoadCollateralFile(path string) (*Collateral, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
-}
-
-func readFileLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s exceeds the %d-byte limit", path, limit)
-	}
-	return b, nil
 }
 
 // ReadQuoteFile reads a quote file in any published form (see
@@ -294,7 +279,7 @@ func ReadQuoteFile(path string) (*Quote, error) {
 			err = fmt.Errorf("standard input exceeds the %d-byte limit", 4*MaxQuoteSize)
 		}
 	} else {
-		data, err = readFileLimited(path, 4*MaxQuoteSize)
+		data, err = boundedio.ReadFile(path, 4*MaxQuoteSize)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading quote: %w", err)
@@ -312,7 +297,7 @@ func ReadQuoteFile(path string) (*Quote, error) {
 
 // LoadPolicyFile reads and validates a TeeAdmissionPolicy JSON file.
 func LoadPolicyFile(path string) (*Policy, error) {
-	data, err := readFileLimited(path, MaxPolicySize)
+	data, err := boundedio.ReadFile(path, MaxPolicySize)
 	if err != nil {
 		return nil, fmt.Errorf("reading policy: %w", err)
 	}

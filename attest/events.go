@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -127,7 +128,7 @@ func (p *Policy) validateEvents() []error {
 	if len(p.Rtmr3Events) > maxPolicyEventNames {
 		return []error{fmt.Errorf("policy: rtmr3Events names %d events, over the limit of %d", len(p.Rtmr3Events), maxPolicyEventNames)}
 	}
-	for _, name := range sortedKeys(p.Rtmr3Events) {
+	for _, name := range slices.Sorted(maps.Keys(p.Rtmr3Events)) {
 		vals := p.Rtmr3Events[name]
 		key := "rtmr3Events." + name
 		switch {
@@ -158,15 +159,6 @@ func (p *Policy) validateEvents() []error {
 	return errs
 }
 
-func sortedKeys(m map[string][]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
 // evaluateEvents judges the pinned events: the verdict must carry the RTMR3
 // events of an event log, they must replay to the quote's RTMR3 (checked
 // here again, so that a recorded admission rechecks without trusting who
@@ -176,7 +168,7 @@ func (p *Policy) evaluateEvents(v *Verdict) []error {
 	if len(p.Rtmr3Events) == 0 {
 		return nil
 	}
-	names := sortedKeys(p.Rtmr3Events)
+	names := slices.Sorted(maps.Keys(p.Rtmr3Events))
 	if !v.EventLogChecked {
 		return []error{&Violation{ReasonEventLogMissing, fmt.Sprintf("policy pins rtmr3Events (%s) but the quote came without an event log", strings.Join(names, ", "))}}
 	}

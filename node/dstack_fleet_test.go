@@ -42,6 +42,22 @@ func dstackPolicy(app dstacktest.App) *attest.Policy {
 	}
 }
 
+// dstackNamespace starts an admin node with a namespace whose policy pins
+// app (dstackPolicy).
+func dstackNamespace(t *testing.T, tb *fleetTestbed, app dstacktest.App) (*tnode, string, governance.NamespaceID) {
+	t.Helper()
+	a := startNodeWith(t, "a", newHome(t), tb.fleetConfig(nil))
+	created, err := a.client.CreateNamespace(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := governance.ParseNamespaceID(created.ID)
+	if _, err := a.client.SetPolicy(context.Background(), created.ID, (*Policy)(dstackPolicy(app))); err != nil {
+		t.Fatal(err)
+	}
+	return a, created.ID, ns
+}
+
 // TestDstackReplicas: two CVMs of one dstack app, with different
 // instance-ids and so different RTMR3 values, are both admitted to a
 // namespace whose policy pins the compose hash; a CVM of another app is
@@ -51,21 +67,13 @@ func TestDstackReplicas(t *testing.T) {
 	ctx := context.Background()
 	tb := newFleetTestbed(t)
 	one, two, other := dstackApps()
-	a := startNodeWith(t, "a", newHome(t), tb.fleetConfig(nil))
-	created, err := a.client.CreateNamespace(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, _ := governance.ParseNamespaceID(created.ID)
-	if _, err := a.client.SetPolicy(ctx, created.ID, (*Policy)(dstackPolicy(one))); err != nil {
-		t.Fatal(err)
-	}
+	a, nsID, ns := dstackNamespace(t, tb, one)
 
 	replica := func(name string, app dstacktest.App) (*tnode, *dstacktest.Agent) {
 		agent := dstacktest.Start(t, tb.ca.NewPlatform(t, attesttest.DefaultPlatform), app)
 		r := startNodeWith(t, name, newHome(t), tb.fleetConfig(agent.Client().Source()))
 		connect(t, r, a)
-		if _, err := r.client.FleetJoin(ctx, created.ID); err != nil {
+		if _, err := r.client.FleetJoin(ctx, nsID); err != nil {
 			t.Fatal(err)
 		}
 		return r, agent
@@ -122,15 +130,7 @@ func TestDstackForgedLogRefused(t *testing.T) {
 	ctx := context.Background()
 	tb := newFleetTestbed(t)
 	one, _, _ := dstackApps()
-	a := startNodeWith(t, "a", newHome(t), tb.fleetConfig(nil))
-	created, err := a.client.CreateNamespace(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, _ := governance.ParseNamespaceID(created.ID)
-	if _, err := a.client.SetPolicy(ctx, created.ID, (*Policy)(dstackPolicy(one))); err != nil {
-		t.Fatal(err)
-	}
+	a, nsID, ns := dstackNamespace(t, tb, one)
 	agent := dstacktest.Start(t, tb.ca.NewPlatform(t, attesttest.DefaultPlatform), one)
 	// The log claims another compose hash than the one the quote measured.
 	agent.Tamper = func(evs []dstacktest.Event) []dstacktest.Event {
@@ -143,7 +143,7 @@ func TestDstackForgedLogRefused(t *testing.T) {
 	}
 	r := startNodeWith(t, "r", newHome(t), tb.fleetConfig(agent.Client().Source()))
 	connect(t, r, a)
-	if _, err := r.client.FleetJoin(ctx, created.ID); err != nil {
+	if _, err := r.client.FleetJoin(ctx, nsID); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "forged log refused", func() bool {

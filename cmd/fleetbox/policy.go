@@ -137,14 +137,9 @@ func policyFromMeasurements(e *env, args []string) int {
 		// values of one profile together.
 		fmt.Fprintf(e.stderr, "fleetbox: warning: %d profiles in one policy: each register is checked on its own, so a mix of their values (say one profile's boot chain with another's RTMR3) is admitted too\n", len(profiles))
 	}
-	doc, err := pol.Marshal()
+	doc, err := policyDocument(pol)
 	if err != nil {
 		return usageErr(e, "policy from-measurements: %v", err)
-	}
-	doc = append(doc, '\n')
-	// Both documents must read back exactly as the services will read them.
-	if _, err := attest.ParsePolicy(doc); err != nil {
-		return usageErr(e, "policy from-measurements: written policy does not parse: %v", err)
 	}
 	for _, dst := range []string{*out, *kmsOut} {
 		if dst == "-" {
@@ -279,14 +274,9 @@ func policyDstack(e *env, args []string) int {
 	if len(o.OS) > 1 {
 		fmt.Fprintf(e.stderr, "fleetbox: warning: %d OS measurements in one policy: each register is checked on its own, so a mix of their values (one OS version's firmware with another's kernel) is admitted too\n", len(o.OS))
 	}
-	doc, err := pol.Marshal()
+	doc, err := policyDocument(pol)
 	if err != nil {
 		return usageErr(e, "policy dstack: %v", err)
-	}
-	doc = append(doc, '\n')
-	// The document must read back exactly as the services will read it.
-	if _, err := attest.ParsePolicy(doc); err != nil {
-		return usageErr(e, "policy dstack: written policy does not parse: %v", err)
 	}
 	if *out == "-" {
 		e.stdout.Write(doc)
@@ -309,4 +299,18 @@ func policyDstack(e *env, args []string) int {
 	fmt.Fprintf(e.stderr, "wrote %s: dstack app %s, %d compose hash(es), events pinned: %s; %s; rtmr3 waived (events replayed to it)\n",
 		dst, strings.Join(names, ", "), len(pol.Rtmr3Events[dstack.EventComposeHash]), strings.Join(evNames, ", "), osDesc)
 	return exitOK
+}
+
+// policyDocument is the policy as written: indented JSON that must read back
+// exactly as the services will read it.
+func policyDocument(pol *attest.Policy) ([]byte, error) {
+	doc, err := pol.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	doc = append(doc, '\n')
+	if _, err := attest.ParsePolicy(doc); err != nil {
+		return nil, fmt.Errorf("written policy does not parse: %w", err)
+	}
+	return doc, nil
 }

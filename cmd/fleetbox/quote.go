@@ -6,11 +6,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"os"
 	"time"
 
 	"github.com/fleetbox/fleetbox/attest"
+	"github.com/fleetbox/fleetbox/internal/boundedio"
 	"github.com/fleetbox/fleetbox/measure/eventlog"
 )
 
@@ -133,7 +132,7 @@ func quoteVerify(ctx context.Context, e *env, args []string) int {
 	}
 	var logRaw []byte
 	if *logPath != "" {
-		if logRaw, err = readLimitedFile(*logPath, eventlog.MaxLogSize); err != nil {
+		if logRaw, err = boundedio.ReadFile(*logPath, eventlog.MaxLogSize); err != nil {
 			return usageErr(e, "quote verify: --event-log: %v", err)
 		}
 	}
@@ -234,21 +233,4 @@ func printJSON(e *env, v any, code int) int {
 		return exitUsage
 	}
 	return code
-}
-
-// readLimitedFile reads a file of at most limit bytes.
-func readLimitedFile(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s exceeds %d bytes", path, limit)
-	}
-	return b, nil
 }

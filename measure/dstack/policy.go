@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -193,10 +194,10 @@ func PolicyFor(o *PolicyOptions) (*attest.Policy, error) {
 		add(EventAppID, hex.EncodeToString(id[:]))
 	}
 	add(EventKeyProvider, o.KeyProviders...)
-	for _, name := range sortedNames(o.Events) {
+	for _, name := range slices.Sorted(maps.Keys(o.Events)) {
 		add(name, o.Events[name]...)
 	}
-	for _, name := range sortedNames(events) {
+	for _, name := range slices.Sorted(maps.Keys(events)) {
 		if vals := events[name]; len(vals) > 1 && slices.Contains(vals, attest.Wildcard) {
 			errs = append(errs, fmt.Errorf("dstack: event %s: \"*\" (presence only) mixed with payloads %v", name, slices.DeleteFunc(slices.Clone(vals), func(v string) bool { return v == attest.Wildcard })))
 		}
@@ -232,13 +233,4 @@ func PolicyFor(o *PolicyOptions) (*attest.Policy, error) {
 		return nil, err
 	}
 	return p, nil
-}
-
-func sortedNames(m map[string][]string) []string {
-	names := make([]string, 0, len(m))
-	for k := range m {
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	return names
 }
