@@ -432,6 +432,9 @@ func (d *demo) namespaceStory(a, b *demoNode, image attest.MockQuote, pol *attes
 	raw, _ := os.ReadFile(storePath)
 	nss, _ := r.n.Engine().Namespaces()
 	d.check(purged && len(nss) == 0 && counterValue(r.n.Metrics(), "self_purge_failures_total", "") == 0 && !bytes.Contains(raw, ns[:]), "`fleetbox ctl fleet-replicas --evict-outside-policy` evicted the replica (group key rotated); the replica self-purged: no namespace rows, no trace of the namespace in its compacted store file (%s)", time.Since(t2).Round(time.Millisecond))
+	if !d.dstackStory(a, b) {
+		return false
+	}
 	d.say("KMS: %v keys released, %v refused; every decision is in its signed, hash-chained audit log (%s)",
 		counterValue(kmsReg, "fleetbox_kms_key_grants_total", ""), counterValue(kmsReg, "fleetbox_kms_key_denials_total", ""), filepath.Join(d.dir, "kms"))
 

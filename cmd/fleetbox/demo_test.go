@@ -19,6 +19,11 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(out, "verdict: PASS") {
 		t.Fatalf("no PASS verdict:\n%s", out)
 	}
+	for _, want := range []string{"dstack: two CVMs of the app", "(rtmr3_event_not_allowed)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the dstack part is missing %q", want)
+		}
+	}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		if line != "" && strings.HasPrefix(line, "[") && !strings.Contains(line, "MOCK TDX") {
 			t.Errorf("timeline line does not say MOCK TDX: %q", line)
