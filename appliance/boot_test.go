@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net"
@@ -687,5 +688,46 @@ func TestBootMockReplay(t *testing.T) {
 	r2.write(MockMRTDPath, attest.MRTD(mrtd).String())
 	if _, err := r2.boot(); err == nil || !strings.Contains(err.Error(), "the firmware's event log") {
 		t.Fatalf("no vTPM log: %v", err)
+	}
+}
+
+// The node's quotes carry this boot's event log, so a namespace policy can
+// pin fleetbox's own RTMR3 events (here fleetbox.profile) and leave RTMR3
+// itself open for events that differ per instance.
+func TestBootEventsPinnable(t *testing.T) {
+	k := startKMS(t, &attest.Policy{AllowedMrtd: []string{"*"}, AllowedRtmr0: []string{"*"}, AllowedRtmr1: []string{"*"},
+		AllowedRtmr2: []string{"*"}, AllowedRtmr3: []string{"*"}, AcceptMock: true})
+	r := newRig(t, devConfig(k.url))
+	if _, err := r.boot(); err != nil {
+		t.Fatal(err)
+	}
+	src, err := LoadAttestation(filepath.Join(r.run, AttestationFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ev, err := attest.GetEvidence(ctx, src, attest.ReportData{1})
+	if err != nil || len(ev.EventLog) == 0 {
+		t.Fatalf("the node's evidence carries no event log: %v", err)
+	}
+	judge := func(profile string) error {
+		v, err := attest.NewVerifier(attest.VerifierConfig{}).Verify(ctx, ev.Quote)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := eventlog.Bind(ev.EventLog, v); err != nil {
+			t.Fatalf("the boot's log does not bind to the node's quote: %v", err)
+		}
+		p := attest.DefaultPolicy()
+		p.AcceptMock = true
+		p.Rtmr3Events = map[string][]string{measure.EventProfile: {hex.EncodeToString([]byte(profile))}, measure.EventConfig: {"*"}}
+		return p.Evaluate(v)
+	}
+	if err := judge("dev"); err != nil {
+		t.Fatalf("pinning the boot's own profile: %v", err)
+	}
+	vs := attest.Violations(judge("prod"))
+	if len(vs) != 1 || vs[0].Reason != attest.ReasonEventNotAllowed || !strings.Contains(vs[0].Message, "fleetbox.profile") {
+		t.Fatalf("pinning another profile: %v", vs)
 	}
 }
