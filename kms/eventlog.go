@@ -17,12 +17,18 @@ const maxEventDiffLines = 6
 // other register it extends, or it is refused as eventlog_mismatch, naming
 // the registers and the events that contradict their data. Its RTMR3 events
 // then go to the policy's rtmr3Events and to the audit record.
-func checkEventLog(raw []byte, v *attest.Verdict) (*eventlog.Log, *apiError) {
+func (s *Server) checkEventLog(raw []byte, v *attest.Verdict) (*eventlog.Log, *apiError) {
 	l, err := eventlog.Bind(raw, v)
 	var me *eventlog.MismatchError
 	switch {
 	case errors.As(err, &me):
-		return nil, refuse(api.CodeEventLogMismatch, me.Details...)
+		// With the image's expected events (--expected-events), say which
+		// events of the registers that do not replay differ from them.
+		details := me.Details
+		if pl, perr := eventlog.Parse(raw); perr == nil {
+			details = append(details, s.registerDiff(pl, me.Registers)...)
+		}
+		return nil, refuse(api.CodeEventLogMismatch, details...)
 	case err != nil:
 		return nil, refuse(api.CodeInvalidRequest, "eventLogB64: "+err.Error())
 	}
@@ -36,12 +42,25 @@ func (s *Server) eventDiff(l *eventlog.Log, vs []*attest.Violation) []string {
 	if l == nil || len(s.cfg.ExpectedEvents) == 0 {
 		return nil
 	}
-	refused := map[int]bool{}
+	var regs []int
 	for _, v := range vs {
 		var r int
 		if _, err := fmt.Sscanf(v.Reason, "rtmr%d_not_allowed", &r); err == nil {
-			refused[r] = true
+			regs = append(regs, r)
 		}
+	}
+	return s.registerDiff(l, regs)
+}
+
+// registerDiff lists the differences between the expected events and the
+// log's in the given registers, at most maxEventDiffLines of them.
+func (s *Server) registerDiff(l *eventlog.Log, regs []int) []string {
+	if l == nil || len(s.cfg.ExpectedEvents) == 0 || len(regs) == 0 {
+		return nil
+	}
+	refused := map[int]bool{}
+	for _, r := range regs {
+		refused[r] = true
 	}
 	changes, err := eventlog.Diff(s.cfg.ExpectedEvents, l.Events)
 	if err != nil {

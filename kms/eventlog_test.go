@@ -68,7 +68,8 @@ func TestGetKeyWithEventLog(t *testing.T) {
 	}
 	changed := bootEvents("console=ttyS0 quiet")
 	err := get(changed, regs(expected))
-	if err == nil || !strings.Contains(err.Error(), "eventlog_mismatch") || !strings.Contains(err.Error(), "rtmr2: the log's 2 events replay to") {
+	if err == nil || !strings.Contains(err.Error(), "eventlog_mismatch") || !strings.Contains(err.Error(), "rtmr2: the log's 2 events replay to") ||
+		!strings.Contains(err.Error(), `event diff: rtmr2: changed #2 EV_IPL "console=ttyS0 quiet"`) {
 		t.Fatalf("a log that does not replay to the quote: %v", err)
 	}
 	err = get(changed, regs(changed))

@@ -329,7 +329,7 @@ func (s *Server) release(ctx context.Context, w http.ResponseWriter, r *http.Req
 
 	var elog *eventlog.Log
 	if req.EventLog != nil {
-		if elog, aerr = checkEventLog(req.EventLog, verdict); aerr != nil {
+		if elog, aerr = s.checkEventLog(req.EventLog, verdict); aerr != nil {
 			return nil, ev, true, aerr
 		}
 		ev.Rtmr3Events = attest.Rtmr3EventMap(verdict.Rtmr3Events)

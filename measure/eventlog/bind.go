@@ -12,6 +12,8 @@ import (
 // say which register and which event, one line each.
 type MismatchError struct {
 	Details []string
+	// Registers are the RTMRs whose replay differs from the quote.
+	Registers []int
 }
 
 func (e *MismatchError) Error() string {
@@ -46,14 +48,16 @@ func Bind(raw []byte, v *attest.Verdict) (*Log, error) {
 	for _, is := range rep.Issues {
 		add(is.String())
 	}
+	var regs []int
 	for _, g := range rep.Registers {
 		if len(g.Events) > 0 && !g.Match() {
+			regs = append(regs, g.RTMR)
 			add(fmt.Sprintf("rtmr%d: the log's %d events replay to %s…, the quote shows %s…",
 				g.RTMR, len(g.Events), g.Replayed.String()[:16], g.Quoted.String()[:16]))
 		}
 	}
 	if len(details) > 0 {
-		return nil, &MismatchError{Details: details}
+		return nil, &MismatchError{Details: details, Registers: regs}
 	}
 	evs := make([]attest.Rtmr3Event, 0, len(rep.Registers[3].Events))
 	for _, e := range rep.Registers[3].Events {
