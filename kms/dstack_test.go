@@ -2,7 +2,6 @@ package kms_test
 
 import (
 	"context"
-	"encoding/hex"
 	"strings"
 	"testing"
 
@@ -11,18 +10,6 @@ import (
 	"github.com/fleetbox/fleetbox/attest/dstack/dstacktest"
 	"github.com/fleetbox/fleetbox/kms/client"
 )
-
-// pinApp is a policy that pins a dstack app: its OS (MRTD and the boot
-// events' RTMR0-2) and its compose hash; RTMR3 is waived (instance-id).
-func pinApp(app dstacktest.App) *attest.Policy {
-	regs := dstacktest.Registers(app.Events())
-	return &attest.Policy{
-		AllowedMrtd:  []string{app.MRTD.String()},
-		AllowedRtmr0: []string{regs[0].String()}, AllowedRtmr1: []string{regs[1].String()},
-		AllowedRtmr2: []string{regs[2].String()}, AllowedRtmr3: []string{attest.Wildcard},
-		Rtmr3Events: map[string][]string{"compose-hash": {hex.EncodeToString(app.ComposeHash[:])}},
-	}
-}
 
 // TestDstackKeys: the KMS and its nodes run as dstack apps. Nodes on two
 // CVMs of the pinned app get keys, though their RTMR3 values differ; a node
@@ -41,7 +28,7 @@ func TestDstackKeys(t *testing.T) {
 
 	_, plat, coll := testCA(t)
 	kmsAgent := dstacktest.Start(t, plat, kmsApp)
-	pj, _ := pinApp(app).Marshal()
+	pj, _ := app.Policy().Marshal()
 	h := newHarness(t, harnessOpts{policy: pj, kmsSource: kmsAgent.Client().Source()})
 	verifier := attest.NewVerifier(h.ca.VerifierConfig(attest.StaticCollateral{C: coll}, attesttest.Epoch))
 
@@ -61,7 +48,7 @@ func TestDstackKeys(t *testing.T) {
 		_, err = c.GetKey(ctx)
 		return err
 	}
-	if err := get(1, app, pinApp(kmsApp)); err != nil {
+	if err := get(1, app, kmsApp.Policy()); err != nil {
 		t.Fatalf("first CVM of the app: %v", err)
 	}
 	if err := get(2, second, nil); err != nil {
@@ -72,7 +59,7 @@ func TestDstackKeys(t *testing.T) {
 		t.Fatalf("another app: %v", err)
 	}
 	// A KMS that is not the pinned KMS app is not trusted.
-	err = get(4, app, pinApp(other))
+	err = get(4, app, other.Policy())
 	if err == nil || !strings.Contains(err.Error(), "compose-hash") {
 		t.Fatalf("a KMS of another app was trusted: %v", err)
 	}

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/hex"
 	"strings"
 	"testing"
 
@@ -27,23 +26,8 @@ func dstackApps() (one, two, other dstacktest.App) {
 	return one, two, other
 }
 
-// dstackPolicy pins the app's OS (MRTD, RTMR0-2 from the log's boot events)
-// and its compose hash; RTMR3 is waived because instance-id differs per CVM.
-func dstackPolicy(app dstacktest.App) *attest.Policy {
-	regs := dstacktest.Registers(app.Events())
-	return &attest.Policy{
-		AllowedMrtd:  []string{app.MRTD.String()},
-		AllowedRtmr0: []string{regs[0].String()}, AllowedRtmr1: []string{regs[1].String()},
-		AllowedRtmr2: []string{regs[2].String()}, AllowedRtmr3: []string{attest.Wildcard},
-		Rtmr3Events: map[string][]string{
-			"compose-hash": {hex.EncodeToString(app.ComposeHash[:])},
-			"key-provider": {attest.Wildcard},
-		},
-	}
-}
-
 // dstackNamespace starts an admin node with a namespace whose policy pins
-// app (dstackPolicy).
+// app (App.Policy).
 func dstackNamespace(t *testing.T, tb *fleetTestbed, app dstacktest.App) (*tnode, string, governance.NamespaceID) {
 	t.Helper()
 	a := startNodeWith(t, "a", newHome(t), tb.fleetConfig(nil))
@@ -52,7 +36,7 @@ func dstackNamespace(t *testing.T, tb *fleetTestbed, app dstacktest.App) (*tnode
 		t.Fatal(err)
 	}
 	ns, _ := governance.ParseNamespaceID(created.ID)
-	if _, err := a.client.SetPolicy(context.Background(), created.ID, (*Policy)(dstackPolicy(app))); err != nil {
+	if _, err := a.client.SetPolicy(context.Background(), created.ID, (*Policy)(app.Policy())); err != nil {
 		t.Fatal(err)
 	}
 	return a, created.ID, ns

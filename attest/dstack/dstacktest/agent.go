@@ -83,6 +83,22 @@ func Registers(evs []Event) [4]attest.RTMR {
 	return r
 }
 
+// Policy pins the app the way an operator would: its OS (MRTD and the boot
+// events' RTMR0-2) and its compose-hash event, and the key-provider's
+// presence; RTMR3 itself is waived, since instance-id differs per CVM.
+func (a App) Policy() *attest.Policy {
+	regs := Registers(a.Events())
+	return &attest.Policy{
+		AllowedMrtd:  []string{a.MRTD.String()},
+		AllowedRtmr0: []string{regs[0].String()}, AllowedRtmr1: []string{regs[1].String()},
+		AllowedRtmr2: []string{regs[2].String()}, AllowedRtmr3: []string{attest.Wildcard},
+		Rtmr3Events: map[string][]string{
+			"compose-hash": {hex.EncodeToString(a.ComposeHash[:])},
+			"key-provider": {attest.Wildcard},
+		},
+	}
+}
+
 // Agent is a running fake agent.
 type Agent struct {
 	App      App
