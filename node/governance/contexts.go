@@ -3,8 +3,6 @@ package governance
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -121,12 +119,7 @@ type contextMeta struct {
 }
 
 func contextID(ns NamespaceID, signer PublicKey, nonce uint64) ContextID {
-	h := sha256.New()
-	h.Write([]byte(labelContextID))
-	h.Write(ns[:])
-	h.Write(signer[:])
-	h.Write(binary.BigEndian.AppendUint64(nil, nonce))
-	return ContextID(h.Sum(nil))
+	return ContextID(opDerivedID(labelContextID, ns, signer, nonce))
 }
 
 func (g *GroupOp) contextCount() int {

@@ -95,12 +95,20 @@ func namespaceID(creator PublicKey, salt [32]byte) NamespaceID {
 }
 
 func groupID(ns NamespaceID, signer PublicKey, nonce uint64) GroupID {
+	return GroupID(opDerivedID(labelGroupID, ns, signer, nonce))
+}
+
+// opDerivedID is SHA-256(label || namespace || signer || nonce): the id of
+// something an op creates (a group, a context), unique per signer and op.
+func opDerivedID(label string, ns NamespaceID, signer PublicKey, nonce uint64) [32]byte {
 	h := sha256.New()
-	h.Write([]byte(labelGroupID))
+	h.Write([]byte(label))
 	h.Write(ns[:])
 	h.Write(signer[:])
 	h.Write(binary.BigEndian.AppendUint64(nil, nonce))
-	return GroupID(h.Sum(nil))
+	var id [32]byte
+	h.Sum(id[:0])
+	return id
 }
 
 // groupOpHeader is the AAD of a sealed group op: everything in the op body
