@@ -72,44 +72,42 @@ func New(socket string) *Agent {
 // Socket is the agent's socket path.
 func (a *Agent) Socket() string { return a.socket }
 
-func (a *Agent) call(ctx context.Context, method string, req, resp any) error {
+// call posts req to method and returns the answer's bytes (at most
+// maxResponse) when the agent answered 200.
+func (a *Agent) call(ctx context.Context, method string, req any) ([]byte, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://dstack/"+method, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	hr.Header.Set("Content-Type", "application/json")
 	res, err := a.hc.Do(hr)
 	if err != nil {
-		return fmt.Errorf("%w at %s: %s: %v", ErrAgent, a.socket, method, err)
+		return nil, fmt.Errorf("%w at %s: %s: %v", ErrAgent, a.socket, method, err)
 	}
 	defer res.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(res.Body, maxResponse+1))
 	if err != nil {
-		return fmt.Errorf("%w: %s: reading response: %v", ErrAgent, method, err)
+		return nil, fmt.Errorf("%w: %s: reading response: %v", ErrAgent, method, err)
 	}
 	if len(data) > maxResponse {
-		return fmt.Errorf("%w: %s: response exceeds %d bytes", ErrAgent, method, maxResponse)
+		return nil, fmt.Errorf("%w: %s: response exceeds %d bytes", ErrAgent, method, maxResponse)
 	}
 	if res.StatusCode != http.StatusOK {
 		// The body is not echoed: for GetKey it might carry key material.
-		return fmt.Errorf("%w: %s: HTTP %d", ErrAgent, method, res.StatusCode)
+		clear(data)
+		return nil, fmt.Errorf("%w: %s: HTTP %d", ErrAgent, method, res.StatusCode)
 	}
-	// The agent's answers carry members of their own (report_data,
-	// vm_config): unknown members are skipped, duplicates refused.
-	if err := strictjson.UnmarshalKnown(data, resp); err != nil {
-		return fmt.Errorf("%w: %s: response is not the expected JSON", ErrAgent, method)
-	}
-	return nil
+	return data, nil
 }
 
 // GetQuote returns a quote whose REPORTDATA is rd, with the CVM's event log.
 func (a *Agent) GetQuote(ctx context.Context, rd attest.ReportData) (*attest.Evidence, error) {
-	var raw json.RawMessage
-	if err := a.call(ctx, "GetQuote", map[string]string{"report_data": hex.EncodeToString(rd[:])}, &raw); err != nil {
+	raw, err := a.call(ctx, "GetQuote", map[string]string{"report_data": hex.EncodeToString(rd[:])})
+	if err != nil {
 		return nil, fmt.Errorf("getting quote: %w", err)
 	}
 	ev, err := ParseQuoteResponse(raw)
@@ -127,6 +125,7 @@ func ParseQuoteResponse(data []byte) (*attest.Evidence, error) {
 	if len(data) > maxResponse {
 		return nil, fmt.Errorf("%w: GetQuote answer exceeds %d bytes", ErrAgent, maxResponse)
 	}
+	// Members of the agent's own (report_data, vm_config) are skipped.
 	var resp struct {
 		Quote    string `json:"quote"`
 		EventLog string `json:"event_log"`
@@ -156,8 +155,15 @@ func (a *Agent) GetKey(ctx context.Context, path, purpose string) ([]byte, error
 		Key            string   `json:"key"`
 		SignatureChain []string `json:"signature_chain"`
 	}
-	if err := a.call(ctx, "GetKey", map[string]string{"path": path, "purpose": purpose}, &resp); err != nil {
+	data, err := a.call(ctx, "GetKey", map[string]string{"path": path, "purpose": purpose})
+	if err != nil {
 		return nil, fmt.Errorf("getting key: %w", err)
+	}
+	defer clear(data)
+	// The agent's answers carry members of their own: unknown members are
+	// skipped, duplicates refused.
+	if err := strictjson.UnmarshalKnown(data, &resp); err != nil {
+		return nil, fmt.Errorf("getting key: %w: GetKey answer is not the expected JSON", ErrAgent)
 	}
 	b, err := hex.DecodeString(strings.TrimPrefix(resp.Key, "0x"))
 	resp.Key = ""
