@@ -24,11 +24,7 @@ func (s *Server) checkEventLog(raw []byte, v *attest.Verdict) (*eventlog.Log, *a
 	case errors.As(err, &me):
 		// With the image's expected events (--expected-events), say which
 		// events of the registers that do not replay differ from them.
-		details := me.Details
-		if pl, perr := eventlog.Parse(raw); perr == nil {
-			details = append(details, s.registerDiff(pl, me.Registers)...)
-		}
-		return nil, refuse(api.CodeEventLogMismatch, details...)
+		return nil, refuse(api.CodeEventLogMismatch, append(me.Details, s.registerDiff(me.Log, me.Registers)...)...)
 	case err != nil:
 		return nil, refuse(api.CodeInvalidRequest, "eventLogB64: "+err.Error())
 	}

@@ -14,6 +14,9 @@ type MismatchError struct {
 	Details []string
 	// Registers are the RTMRs whose replay differs from the quote.
 	Registers []int
+	// Log is the parsed log, for a caller that explains the difference
+	// against the events it expected.
+	Log *Log
 }
 
 func (e *MismatchError) Error() string {
@@ -57,7 +60,7 @@ func Bind(raw []byte, v *attest.Verdict) (*Log, error) {
 		}
 	}
 	if len(details) > 0 {
-		return nil, &MismatchError{Details: details, Registers: regs}
+		return nil, &MismatchError{Details: details, Registers: regs, Log: l}
 	}
 	evs := make([]attest.Rtmr3Event, 0, len(rep.Registers[3].Events))
 	for _, e := range rep.Registers[3].Events {
