@@ -2,6 +2,7 @@ package kms_test
 
 import (
 	"context"
+	"encoding/hex"
 	"strings"
 	"testing"
 
@@ -63,6 +64,22 @@ func TestDstackKeys(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "compose-hash") {
 		t.Fatalf("a KMS of another app was trusted: %v", err)
 	}
+
+	// A KMS whose log was changed after its quote was made (claiming the
+	// pinned app's compose hash) is not trusted either.
+	kmsAgent.Tamper = func(evs []dstacktest.Event) []dstacktest.Event {
+		for i := range evs {
+			if evs[i].Event == "compose-hash" {
+				evs[i].EventPayload = hex.EncodeToString(other.ComposeHash[:])
+			}
+		}
+		return evs
+	}
+	err = get(5, app, other.Policy())
+	if err == nil || !strings.Contains(err.Error(), "its event log") || !strings.Contains(err.Error(), "compose-hash") {
+		t.Fatalf("a KMS with a forged event log was trusted: %v", err)
+	}
+	kmsAgent.Tamper = nil
 
 	pg, _ := h.srv.AuditPage(0, 10)
 	var grants, refusals int

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fleetbox/fleetbox/attest"
 	"github.com/fleetbox/fleetbox/attest/attesttest"
+	"github.com/fleetbox/fleetbox/measure/eventlog"
 )
 
 type fakeView struct {
@@ -268,4 +271,107 @@ func FuzzDecodeAnnounce(f *testing.F) {
 		}
 		_ = a.VerifySignature()
 	})
+}
+
+// evidenceSource gives a test-CA quote with an event log.
+type evidenceSource struct {
+	*attesttest.Source
+	log []byte
+}
+
+func (s *evidenceSource) GetEvidence(ctx context.Context, rd attest.ReportData) (*attest.Evidence, error) {
+	q, err := s.GetQuote(ctx, rd)
+	return &attest.Evidence{Quote: q, EventLog: s.log}, err
+}
+
+func dstackLog(t *testing.T, compose string) ([]byte, attest.RTMR) {
+	t.Helper()
+	var evs []eventlog.Event
+	for _, e := range [][2]string{{"app-id", "a1"}, {"compose-hash", compose}, {"instance-id", "01"}} {
+		p, _ := hex.DecodeString(e[1])
+		evs = append(evs, eventlog.Event{RTMR: 3, Type: eventlog.EvRuntime, Name: e[0], Payload: p, Digest: eventlog.RuntimeDigest(eventlog.EvRuntime, e[0], p)})
+	}
+	log, err := eventlog.MarshalJSON(evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return log, eventlog.Replay(evs)[3]
+}
+
+// An announce's event log: signed with the announce, bounded, bound to the
+// quote by replay, recorded in the admission and replayed again by Recheck.
+func TestAnnounceEventLog(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, attest.TcbUpToDate)
+	f.view.policy.Rtmr3Events = map[string][]string{"compose-hash": {"c1"}}
+	log, rtmr3 := dstackLog(t, "c1")
+	o := f.src.Options
+	o.RTMR[3] = rtmr3
+	src := &evidenceSource{Source: &attesttest.Source{Platform: f.src.Platform, Options: o}, log: log}
+
+	good := f.announce(t, src, headNow)
+	adm, err := f.checker.Check(ctx, testNS, good, f.view)
+	if err != nil {
+		t.Fatalf("announce with its log: %v", err)
+	}
+	if !adm.EventLogChecked || attest.Rtmr3EventMap(adm.Rtmr3Events)["compose-hash"][0] != "c1" {
+		t.Fatalf("admission does not record the checked events: %+v", adm)
+	}
+	// A peer that receives an admission whose recorded events were changed
+	// replays them and refuses it.
+	forgedAdm := *adm
+	forgedAdm.Rtmr3Events = slices.Clone(adm.Rtmr3Events)
+	forgedAdm.Rtmr3Events[1].Payload = []byte{0xc2}
+	if got := Reasons(Recheck(f.view.policy, &forgedAdm)); !slices.Equal(got, []Reason{ReasonEventLogMismatch}) {
+		t.Fatalf("recheck of changed recorded events: %v", got)
+	}
+
+	forgedLog, _ := dstackLog(t, "c2") // a log of another app, the quote's RTMR3 unchanged
+	cases := map[string]struct {
+		announce func() *Announce
+		want     Reason
+	}{
+		"malformed log": {func() *Announce {
+			return f.announce(t, &evidenceSource{Source: src.Source, log: []byte("{not json")}, headNow)
+		}, ReasonMalformed},
+		"forged log": {func() *Announce {
+			return f.announce(t, &evidenceSource{Source: src.Source, log: forgedLog}, headNow)
+		}, ReasonEventLogMismatch},
+		"log stripped after signing": {func() *Announce {
+			a := f.announce(t, src, headNow)
+			a.EventLog = nil
+			return a
+		}, ReasonBadSignature},
+		"no log, events pinned": {func() *Announce {
+			return f.announce(t, src.Source, headNow)
+		}, Reason(attest.ReasonEventLogMissing)},
+		"replayed announce": {func() *Announce { return good }, ReasonQuoteReplayed},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			a := c.announce()
+			if name == "replayed announce" {
+				f.view.used[adm.QuoteHash] = true
+				defer delete(f.view.used, adm.QuoteHash)
+			}
+			_, err := f.checker.Check(ctx, testNS, a, f.view)
+			if got := Reasons(err); !slices.Contains(got, c.want) {
+				t.Fatalf("reasons %v (%v), want %s", got, err, c.want)
+			}
+		})
+	}
+
+	// On the wire: the log round-trips under the signature, and one over
+	// the limit is refused before anything else.
+	wire, _ := good.Encode()
+	back, err := DecodeAnnounce(wire)
+	if err != nil || !bytes.Equal(back.EventLog, log) || !back.VerifySignature() {
+		t.Fatalf("round trip: %v", err)
+	}
+	big := *good
+	big.EventLog = make([]byte, attest.MaxEventLog+1)
+	wire, _ = big.Encode()
+	if _, err := DecodeAnnounce(wire); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "event log") {
+		t.Fatalf("oversize event log: %v", err)
+	}
 }
